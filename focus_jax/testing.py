@@ -31,11 +31,9 @@ def random_coefficients(model: mm.MorphableModel, seed: int = 0, scale: float = 
   rng = np.random.default_rng(seed)
   sizes = model.sizes
   return {
-      "shape": (scale * rng.normal(size=sizes["shape"])).astype(np.float32),
-      "expression": (0.5 * scale * rng.normal(size=sizes["expression"])).astype(np.float32),
-      "color": (0.5 * scale * rng.normal(size=sizes["color"])).astype(np.float32),
-      "pose": np.concatenate([rng.uniform(-0.3, 0.3, 3), rng.uniform(-20, 20, 3)]).astype(
-          np.float32
-      ),
-      "light": (0.2 * rng.normal(size=27)).astype(np.float32),
+    "shape": (scale * rng.normal(size=sizes["shape"])).astype(np.float32),
+    "expression": (0.5 * scale * rng.normal(size=sizes["expression"])).astype(np.float32),
+    "color": (0.5 * scale * rng.normal(size=sizes["color"])).astype(np.float32),
+    "pose": np.concatenate([rng.uniform(-0.3, 0.3, 3), rng.uniform(-20, 20, 3)]).astype(np.float32),
+    "light": (0.2 * rng.normal(size=27)).astype(np.float32),
   }
