@@ -36,7 +36,7 @@ from focus_jax.render import morphable_model as mm
 SIZES = {"small": 2.6, "bfm": 0.97}  # grid spacing in mm
 DEFAULT_SEED = 0
 # Part of the cache file name: bump it whenever the generator's output changes.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 NUM_COMPONENTS = {"shape": 80, "expression": 64, "color": 80}
 
 # The egg-shaped face region: centre height, half height, half width at the top.
@@ -137,7 +137,7 @@ def _nearest_unique(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
   return np.array(chosen)
 
 
-def _orthonormal(fields: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def orthonormal_basis(fields: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
   """Displacement fields ``(V, 3)`` -> orthonormal pcaBasis ``(3V, K)`` and pcaVariance ``(K,)``.
 
   Gram-Schmidt in the given order (QR), so the leading, designed modes keep their meaning.
@@ -216,7 +216,7 @@ def _expression_fields(rng, p, lm, count):
 
 def _albedo_mean(p, lm):
   x, y = p[:, 0], p[:, 1]
-  skin = np.array([0.78, 0.57, 0.47])
+  skin = np.array([0.66, 0.48, 0.39])
   color = np.tile(skin, (p.shape[0], 1))
 
   def blend(weight, target):
@@ -231,21 +231,29 @@ def _albedo_mean(p, lm):
         q = (1 - s) * lm[a] + s * lm[a + 1]
         brows = np.maximum(brows, _gauss(x, y, q[0], q[1], 3.5, 2.5))
   blend(1.3 * brows, [0.30, 0.21, 0.16])
-  blend(0.35 * _sides(_gauss, x, y, 40, -8, 14, 11), [0.85, 0.48, 0.45])  # cheeks
+  blend(0.35 * _sides(_gauss, x, y, 40, -8, 14, 11), [0.72, 0.41, 0.37])  # cheeks
   lips = _gauss(x, y, 0, -31, 17, 3.5) + _gauss(x, y, 0, -41.5, 15, 4.0)
-  blend(1.2 * lips, [0.70, 0.36, 0.36])
+  blend(1.2 * lips, [0.60, 0.31, 0.31])
   for side in (-1.0, 1.0):
     centre = lm[36:42].mean(0) if side < 0 else lm[42:48].mean(0)
-    blend(1.4 * _gauss(x, y, centre[0], centre[1], 10, 4.0), [0.92, 0.90, 0.87])  # sclera
+    blend(1.4 * _gauss(x, y, centre[0], centre[1], 10, 4.0), [0.80, 0.78, 0.75])  # sclera
     blend(1.6 * _gauss(x, y, centre[0], centre[1], 3.8, 3.8), [0.30, 0.20, 0.14])  # iris
   return color
 
 
-def _color_fields(rng, p, lm, count):
+def color_fields(rng, p, lm, count):
+  """Colour displacement fields ``(V, 3)``: global tone modes, then smooth regional ones.
+
+  Args:
+    rng: numpy Generator (consumed deterministically).
+    p: ``(V, 3)`` vertices (mm), used for the spatial fields.
+    lm: ``(68, 3)`` landmark positions around which regional fields are placed.
+    count: number of fields.
+  """
   n = p.shape[0]
   ones = np.ones(n)
   fields = [
-    0.10 * ones[:, None] * np.array([1.0, 1.0, 1.0]),  # brightness
+    0.06 * ones[:, None] * np.array([1.0, 1.0, 1.0]),  # brightness
     0.06 * ones[:, None] * np.array([1.0, -0.3, -0.6]),  # redness
     0.05 * ones[:, None] * np.array([0.5, 0.5, -1.0]),  # yellowness
   ]
@@ -258,7 +266,8 @@ def generate(size: str = "small", seed: int = DEFAULT_SEED) -> dict:
 
   Returns a dict with ``points (V, 3)`` (file frame: the loader's centre shift is added back),
   ``triangles (F, 3)``, ``shape``/``expression``/``color`` = ``(mean, pcaBasis, pcaVariance)``,
-  ``ibug68 (68,)`` and ``now7 (7,)``.
+  ``ibug68 (68,)`` and ``now7 (7,)``. The albedo is about the BFM's level: times the ambient
+  SH factor 1.24 (SPEC §3) skin renders at ~0.8, leaving head-room for light.
   """
   if size not in SIZES:
     raise ValueError(f"unknown embedded model size {size!r}; expected one of {sorted(SIZES)}")
@@ -267,12 +276,14 @@ def generate(size: str = "small", seed: int = DEFAULT_SEED) -> dict:
   target = standard_landmarks()
   ibug68 = _nearest_unique(points, target)
   lm = points[ibug68]
-  shape_basis, shape_var = _orthonormal(_identity_fields(rng, points, lm, NUM_COMPONENTS["shape"]))
-  exp_basis, exp_var = _orthonormal(
+  shape_basis, shape_var = orthonormal_basis(
+    _identity_fields(rng, points, lm, NUM_COMPONENTS["shape"])
+  )
+  exp_basis, exp_var = orthonormal_basis(
     _expression_fields(rng, points, lm, NUM_COMPONENTS["expression"])
   )
   albedo = _albedo_mean(points, lm)
-  color_basis, color_var = _orthonormal(_color_fields(rng, points, lm, NUM_COMPONENTS["color"]))
+  color_basis, color_var = orthonormal_basis(color_fields(rng, points, lm, NUM_COMPONENTS["color"]))
   file_points = points + mm.CENTRE_SHIFT_MM
   return {
     "points": file_points,

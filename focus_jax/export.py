@@ -95,8 +95,13 @@ def save_png(path: str, image: np.ndarray) -> None:
   _atomic_write(path, lambda f: PIL.Image.fromarray(pixels).save(f, format="PNG"))
 
 
+# SH band-1 coefficients of a soft light from the upper left of the camera (per channel, 9 terms),
+# so that the mean face shows its relief; y is down and z away from the camera (SPEC §3).
+KEY_LIGHT = np.array([0.0, 0.4, -0.3, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
+
+
 def sample_coefficients(model: mm.MorphableModel, num: int, seed: int) -> list[dict]:
-  """The mean face then ``num`` faces drawn from the prior, each with its own pose and light.
+  """The mean face (frontal, key light) then ``num`` faces drawn from the prior.
 
   Shape and color coefficients are N(0, 1) (the model's standard deviations), expression
   N(0, 0.5); yaw up to +-30 degrees; light = a random direction on top of the ambient term.
@@ -108,7 +113,7 @@ def sample_coefficients(model: mm.MorphableModel, num: int, seed: int) -> list[d
       "expression": np.zeros(sizes["expression"], np.float32),
       "color": np.zeros(sizes["color"], np.float32),
       "pose": np.zeros(6, np.float32),
-      "light": np.zeros(27, np.float32),
+      "light": np.tile(KEY_LIGHT, 3),
   }]  # fmt: skip
   for _ in range(num):
     light = np.zeros((3, 9), np.float32)
@@ -136,7 +141,7 @@ def main(argv) -> None:
   for i, coeffs in enumerate(faces):
     export_face(os.path.join(FLAGS.out, f"face_{i:03d}"), model, coeffs)
   batch = jax.tree.map(lambda *xs: np.stack(xs), *faces)
-  out = jax.jit(pipeline.render_batch, static_argnums=(2, 3))(model, batch, 224, 224)
+  out = pipeline.render_batch(model, batch, 224, 224)
   images = np.asarray(out.image)
   cols = min(len(images), 4)
   rows = -(-len(images) // cols)
