@@ -1,0 +1,162 @@
+"""Evaluation metrics of FOCUS (SPEC §9): occlusion-mask scores, landmark and photometric errors.
+
+Conventions (as ``focus_jax.losses``): images NHWC ``(B, H, W, C)`` float32 in [0, 1], masks
+``(B, H, W)`` float32, landmarks ``(B, 68, 2)`` float32 pixel (x, y) in iBUG-68 order. Masks use
+1 = visible face (not occluded). Every metric returns per-image values ``(B,)``;
+:func:`summarize` gives their mean and standard deviation over images. Pure jax/numpy, jittable.
+
+Mask scores follow the original's ``util/evaluation.py`` exactly, so numbers compare with its
+tables: areas are sums of mask products (soft masks give soft areas, as in the original, which
+scores the UNet's continuous output; threshold before calling for hard scores), counted only
+inside the rendered region, each clamped to at least one pixel before the ratios.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# iBUG-68 outer eye corners (0-based) used to normalise landmark errors.
+OUTER_EYE_CORNERS = (36, 45)
+
+
+def _check_masks(gt_mask, est_mask, render_mask) -> None:
+  if gt_mask.ndim != 3:
+    raise ValueError(f"gt_mask: expected shape (B, H, W), got {tuple(gt_mask.shape)}")
+  for name, m in (("est_mask", est_mask), ("render_mask", render_mask)):
+    if m.shape != gt_mask.shape:
+      raise ValueError(f"{name}: shape {tuple(m.shape)} differs from gt_mask {gt_mask.shape}")
+
+
+def confusion_areas(
+  gt_mask: jax.Array, est_mask: jax.Array, render_mask: jax.Array
+) -> dict[str, jax.Array]:
+  """Per-image confusion areas inside the rendered region, each clamped to >= 1 pixel.
+
+  With G the ground truth, E the estimate and R the rendered mask (1 = visible):
+  ``TP = sum G E R``, ``TN = sum (1-G)(1-E) R``, ``FP = sum (1-G) E R``, ``FN = sum G (1-E) R``,
+  then ``max(area, 1)`` each.
+
+  Args:
+    gt_mask: ``(B, H, W)`` float32 ground-truth visibility in {0, 1}.
+    est_mask: ``(B, H, W)`` float32 estimated visibility in [0, 1].
+    render_mask: ``(B, H, W)`` float32 rendered face region in {0, 1}.
+
+  Returns:
+    ``{'tp', 'tn', 'fp', 'fn'}``, each ``(B,)`` float32.
+  """
+  _check_masks(gt_mask, est_mask, render_mask)
+  g, e, r = gt_mask, est_mask, render_mask
+
+  def area(x):
+    return jnp.maximum(jnp.sum(x * r, axis=(1, 2)), 1.0)
+
+  return {
+    "tp": area(g * e),
+    "tn": area((1.0 - g) * (1.0 - e)),
+    "fp": area((1.0 - g) * e),
+    "fn": area(g * (1.0 - e)),
+  }
+
+
+def mask_scores(
+  gt_mask: jax.Array, est_mask: jax.Array, render_mask: jax.Array
+) -> dict[str, jax.Array]:
+  """Per-image occlusion-segmentation scores of SPEC §9 (positive class = visible).
+
+  From the clamped areas of :func:`confusion_areas`: accuracy = (TP+TN)/(TP+TN+FP+FN),
+  precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2TP/(2TP+FP+FN). An image whose render is
+  empty has all areas 1 and scores 0.5 for all four (F1 = 2 / (2 + 1 + 1)), as the original's
+  ``mask_accuracy`` computes it. (SPEC §9 says F1 2/3 there; its own formula and the original
+  code give 0.5.)
+
+  Args:
+    gt_mask: ``(B, H, W)`` float32 ground-truth visibility in {0, 1}.
+    est_mask: ``(B, H, W)`` float32 estimated visibility in [0, 1].
+    render_mask: ``(B, H, W)`` float32 rendered face region in {0, 1}.
+
+  Returns:
+    ``{'accuracy', 'precision', 'recall', 'f1'}``, each ``(B,)`` float32.
+  """
+  a = confusion_areas(gt_mask, est_mask, render_mask)
+  tp, tn, fp, fn = a["tp"], a["tn"], a["fp"], a["fn"]
+  return {
+    "accuracy": (tp + tn) / (tp + tn + fp + fn),
+    "precision": tp / (tp + fp),
+    "recall": tp / (tp + fn),
+    "f1": 2.0 * tp / (2.0 * tp + fp + fn),
+  }
+
+
+def landmark_error(
+  landmarks: jax.Array, predicted: jax.Array, normalize_by: tuple[int, int] = OUTER_EYE_CORNERS
+) -> dict[str, jax.Array]:
+  """Per-image mean Euclidean landmark error, in pixels and normalised by the eye distance.
+
+      pixels[b]     = mean_k || lm_gt[b, k] - lm_pred[b, k] ||_2
+      normalized[b] = pixels[b] / max(|| lm_gt[b, 36] - lm_gt[b, 45] ||_2, 1e-6)
+
+  (the inter-ocular distance between the ground truth's outer eye corners).
+
+  Args:
+    landmarks: ``(B, 68, 2)`` float32 ground-truth pixel landmarks.
+    predicted: ``(B, 68, 2)`` float32 predicted landmarks.
+    normalize_by: the two landmark indices whose distance normalises.
+
+  Returns:
+    ``{'pixels', 'normalized'}``, each ``(B,)`` float32.
+  """
+  if landmarks.ndim != 3 or predicted.shape != landmarks.shape:
+    raise ValueError(
+      f"landmarks/predicted: expected equal (B, N, 2) shapes, got {tuple(landmarks.shape)} "
+      f"and {tuple(predicted.shape)}"
+    )
+  per_point = jnp.linalg.norm(landmarks - predicted, axis=-1)
+  pixels = jnp.mean(per_point, axis=-1)
+  i, j = normalize_by
+  ocular = jnp.linalg.norm(landmarks[:, i] - landmarks[:, j], axis=-1)
+  return {"pixels": pixels, "normalized": pixels / jnp.maximum(ocular, 1e-6)}
+
+
+def photometric_error(image: jax.Array, render: jax.Array, mask: jax.Array) -> jax.Array:
+  """Per-image mean absolute error inside the visible region, on the 0-255 scale.
+
+      err[b] = 255 * sum_{y,x,c} M |I - R| / (C * max(sum_{y,x} M, 1))
+
+  i.e. the mean over visible pixels and channels of the absolute difference (the original's
+  ``pixel_valid_MAE`` with a one-channel mask, per image).
+
+  Args:
+    image: ``(B, H, W, C)`` float32 target images in [0, 1].
+    render: ``(B, H, W, C)`` float32 renders.
+    mask: ``(B, H, W)`` float32 visible region (rendered mask times visibility).
+
+  Returns:
+    ``(B,)`` float32 errors in grey levels.
+  """
+  if image.ndim != 4 or render.shape != image.shape or mask.shape != image.shape[:3]:
+    raise ValueError(
+      f"expected image/render (B, H, W, C) and mask (B, H, W), got {tuple(image.shape)}, "
+      f"{tuple(render.shape)}, {tuple(mask.shape)}"
+    )
+  channels = image.shape[-1]
+  abs_err = jnp.sum(jnp.abs(mask[..., None] * (image - render)), axis=(1, 2, 3))
+  area = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
+  return 255.0 * abs_err / (channels * area)
+
+
+def summarize(per_image: dict[str, jax.Array]) -> dict[str, float]:
+  """Mean and (population, ddof 0) standard deviation over images of each per-image metric.
+
+  Args:
+    per_image: name -> ``(N,)`` per-image values (concatenate batches first).
+
+  Returns:
+    ``{'<name>_mean': .., '<name>_std': ..}`` as Python floats.
+  """
+  out = {}
+  for name, values in per_image.items():
+    values = jnp.asarray(values, jnp.float32).reshape(-1)
+    out[f"{name}_mean"] = float(jnp.mean(values))
+    out[f"{name}_std"] = float(jnp.std(values))
+  return out

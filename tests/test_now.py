@@ -1,0 +1,139 @@
+"""NoW-style error: exact point-to-triangle distance, alignment, crop, self-error, files."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from focus_jax import now, testing
+
+
+def _random_similarity(seed):
+  rng = np.random.default_rng(seed)
+  rot = Rotation.random(random_state=seed).as_matrix()
+  return now.Similarity(float(rng.uniform(0.5, 2.0)), rot, rng.normal(0, 50, 3))
+
+
+def _face():
+  m = testing.small_model()
+  vertices = np.asarray(m.shape_mean, np.float64)
+  return vertices, np.asarray(m.triangles), vertices[np.asarray(m.now_landmarks)]
+
+
+def test_point_triangle_distance_vs_dense_sampling():
+  rng = np.random.default_rng(0)
+  n = 200
+  a, b, c = rng.normal(size=(3, n, 3))
+  c[:10] = a[:10] + 0.5 * (b[:10] - a[:10])  # Degenerate (collinear) triangles.
+  b[10:15] = a[10:15]  # Degenerate (two coincident corners).
+  p = rng.normal(size=(n, 3)) * 2
+  p[20:40] = (0.2 * a + 0.3 * b + 0.5 * c)[20:40] + 1e-3 * rng.normal(size=(20, 3))
+  dist, closest = now.point_triangle_closest(p, a, b, c)
+  # The closest point lies on the triangle and realises the distance.
+  np.testing.assert_allclose(np.linalg.norm(p - closest, axis=1), dist, rtol=1e-12)
+  # Dense barycentric sampling: never below the exact distance, and within the sampling step.
+  steps = 120
+  i, j = np.meshgrid(np.arange(steps + 1), np.arange(steps + 1), indexing="ij")
+  keep = i + j <= steps
+  u, v = i[keep] / steps, j[keep] / steps
+  samples = a[:, None] + u[None, :, None] * (b - a)[:, None] + v[None, :, None] * (c - a)[:, None]
+  sampled = np.linalg.norm(samples - p[:, None], axis=-1).min(axis=1)
+  assert np.all(sampled >= dist - 1e-12)
+  edge = np.max(np.linalg.norm(np.stack([b - a, c - a, c - b]), axis=-1), axis=0)
+  assert np.all(sampled - dist <= edge / steps)
+
+
+def test_mesh_distance_is_exact_against_brute_force():
+  vertices, triangles, _ = _face()
+  mesh = now.MeshDistance(vertices, triangles, k=4)
+  rng = np.random.default_rng(1)
+  # Points near the surface and far from it (up to ~20 mm), the hard case for the certificate.
+  points = vertices[rng.choice(len(vertices), 150)] + rng.normal(0, 1, (150, 3)) * rng.choice(
+    [0.1, 2.0, 10.0], (150, 1)
+  )
+  dist, closest, tri = mesh.query(points)
+  corners = vertices[triangles]
+  brute, _ = now.point_triangle_closest(
+    points[:, None], corners[None, :, 0], corners[None, :, 1], corners[None, :, 2]
+  )
+  np.testing.assert_allclose(dist, brute.min(axis=1), rtol=0, atol=1e-12)
+  np.testing.assert_allclose(np.linalg.norm(points - closest, axis=1), dist, atol=1e-12)
+  own, _ = now.point_triangle_closest(points, *(corners[tri][:, i] for i in range(3)))
+  np.testing.assert_allclose(own, dist, atol=1e-12)
+  approx, _, _ = mesh.query(points, exact=False)  # Upper bound without the certificate.
+  assert np.all(approx >= dist - 1e-12)
+
+
+def test_umeyama_recovers_similarity():
+  rng = np.random.default_rng(2)
+  src = rng.normal(size=(7, 3)) * 30
+  truth = _random_similarity(3)
+  est = now.umeyama(src, truth.apply(src))
+  np.testing.assert_allclose(est.scale, truth.scale, rtol=1e-12)
+  np.testing.assert_allclose(est.rotation, truth.rotation, atol=1e-12)
+  np.testing.assert_allclose(est.translation, truth.translation, atol=1e-10)
+  assert np.linalg.det(est.rotation) > 0
+  # A reflected target still yields a proper rotation.
+  assert np.linalg.det(now.umeyama(src, src * [1, 1, -1]).rotation) > 0
+  np.testing.assert_allclose(truth.inverse_apply(truth.apply(src)), src, atol=1e-10)
+  with pytest.raises(ValueError, match="at least 3"):
+    now.umeyama(src[:2], src[:2])
+
+
+def test_crop_sphere_rule():
+  lm = np.array(
+    [[-40, 0, 0], [-10, 0, 0], [10, 0, 0], [40, 0, 0], [0, -40, 10], [-20, -60, 0], [20, -60, 0]],
+    float,
+  )
+  centre, radius = now.crop_sphere(lm)
+  bridge = np.array([0.0, 0.0, 0.0])
+  np.testing.assert_allclose(centre, lm[4] + 0.3 * (bridge - lm[4]))
+  np.testing.assert_allclose(radius, 1.4 * (80 + np.linalg.norm(lm[4])) / 2)
+
+
+def test_self_error_under_similarity_is_zero():
+  vertices, triangles, lm = _face()
+  sim = _random_similarity(4)
+  scan = sim.apply(vertices)
+  # The prediction is a differently scaled/rotated copy: the error must vanish after alignment.
+  result = now.scan_to_mesh_error(scan, sim.apply(lm), vertices, triangles, lm)
+  assert result.distances.size > 1000
+  assert np.max(result.distances) < 1e-6
+  np.testing.assert_allclose(result.similarity.scale, sim.scale, rtol=1e-9)
+  summary = now.summarize([result.distances])
+  assert summary["median"] < 1e-6 and summary["count"] == result.distances.size
+
+
+def test_refinement_improves_a_perturbed_landmark_alignment():
+  vertices, triangles, lm = _face()
+  rng = np.random.default_rng(5)
+  scan = vertices + rng.normal(0, 0.3, vertices.shape)  # A noisy scan of the same face.
+  noisy_lm = lm + rng.normal(0, 3.0, lm.shape)  # Poor predicted landmarks.
+  refined = now.scan_to_mesh_error(scan, lm, vertices, triangles, noisy_lm)
+  unrefined = now.scan_to_mesh_error(scan, lm, vertices, triangles, noisy_lm, max_iterations=0)
+  assert refined.iterations >= 1
+  assert np.mean(refined.distances**2) < 0.5 * np.mean(unrefined.distances**2)
+  assert np.median(refined.distances) < 0.35  # About the scan noise (0.3 mm per axis).
+
+
+def test_submission_files_round_trip(tmp_path):
+  vertices, triangles, lm = _face()
+  mesh_path = tmp_path / "FaMoS_180424_03335_TA" / "multiview_neutral" / "IMG_0101.obj"
+  lm_path = now.write_submission(mesh_path, vertices, triangles, lm)
+  v, t = now.read_obj(mesh_path)
+  np.testing.assert_allclose(v, vertices, atol=1e-6)
+  np.testing.assert_array_equal(t, triangles)
+  assert not any(line.startswith("v ") and len(line.split()) != 4 for line in open(mesh_path))
+  np.testing.assert_allclose(now.read_landmarks(lm_path), lm)
+  txt = tmp_path / "lm.txt"
+  np.savetxt(txt, lm)
+  np.testing.assert_allclose(now.read_landmarks(txt), lm)
+  pp = tmp_path / "lm.pp"
+  points = "".join(f'<point x="{x}" y="{y}" z="{z}" name="{i}"/>' for i, (x, y, z) in enumerate(lm))
+  pp.write_text(f"<!DOCTYPE PickedPoints><PickedPoints>{points}</PickedPoints>")
+  np.testing.assert_allclose(now.read_landmarks(pp), lm)
+  bad = tmp_path / "bad.obj"
+  bad.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 x\n")
+  with pytest.raises(ValueError, match="bad.obj:4"):
+    now.read_obj(bad)
+  with pytest.raises(ValueError, match="7x3"):
+    now.write_landmarks(tmp_path / "x.npy", lm[:6])
