@@ -10,23 +10,24 @@ The protocol of soubhiksanyal/now_evaluation (``scan2mesh_computations.py``), re
 2. Similarity (scale, rotation, translation) from the 7 predicted landmarks to the 7 scan
    landmarks (:func:`umeyama`). Reflections are excluded (the reference's Procrustes allows
    ``reflection='best'``, which never wins for a face-shaped landmark set).
-3. Refinement of the similarity by closest-point iterations (ICP with scale): the closest
-   points of the transformed predicted surface to the cropped scan vertices are found, the
-   similarity is re-fitted to them in closed form, and so on until the RMS distance stops
-   decreasing. This minimises the same objective as the reference (sum of squared unsigned
-   scan-vertex-to-surface distances, solved there by a chumpy CG solver), to a local minimum.
+3. Refinement of the similarity by closest-point iterations (ICP with scale, point-to-plane):
+   closest points of the transformed predicted surface to the cropped scan vertices are found,
+   the distances linearised there are minimised by damped Gauss-Newton steps, and so on until
+   the RMS distance stops decreasing (:func:`refine_alignment`), first on a random subset of
+   the crop, then one round on every cropped vertex. This minimises the same objective as the
+   reference (sum of squared unsigned scan-vertex-to-surface distances, solved there by a
+   chumpy CG solver), to a local minimum.
 4. Error = the unsigned distance of every cropped scan vertex to the aligned predicted surface
    (exact point-to-triangle distances). Over a set of images the distances are concatenated and
    summarised by median, mean and std (:func:`summarize`), in the scan's unit (mm).
 
-Exact closest points (:class:`MeshDistance`): a KD-tree over triangle sites (centroids, or
-sub-triangle centroids for the few large triangles) proposes the ``k`` nearest triangles, whose
-exact point-to-triangle distances are computed in closed form. Every point of a triangle lies
-within a covering radius ``eps`` of one of its sites, so no triangle outside the candidates can be
-closer than ``(distance to the k-th site) - eps``: when the best candidate beats that bound it is
-the global minimum; otherwise every triangle with a site within (best + eps) is tested (after a
-cheap plane/lateral lower bound discards most of them). The result is the exact
-distance up to floating-point rounding (float64).
+Exact closest points (:class:`MeshDistance`): a KD-tree over the mesh vertices (plus lattice
+points of the few large triangles) proposes the triangles around the nearest vertices; a
+certificate (no triangle whose sites all lie at distance >= d can be closer than
+sqrt(d^2 - rho^2), rho a covering radius) says how many nearest vertices must be searched, and
+a cheap plane/disc lower bound screens candidates before the exact closed-form distance. The
+result is the exact distance up to floating-point rounding (float64). The KD-tree is built once
+per predicted mesh; the scan points are moved into the mesh frame by the inverse similarity.
 
 Geometry is float64 ``(N, 3)`` arrays; triangles ``(F, 3)`` int. SciPy is imported lazily.
 Files (OBJ without colours, 7x3 landmark ``.npy``) follow the NoW submission format.
@@ -171,38 +172,76 @@ def point_triangle_closest(
   return np.sqrt(best_d2), best
 
 
-def _subdivision_sites(n: int) -> np.ndarray:
-  """Barycentric ``(n^2, 3)`` centroids of the ``n^2`` similar sub-triangles of a triangle."""
-  sites = []
-  for i in range(n):
-    for j in range(n - i):
-      sites.append(((3 * i + 1) / (3 * n), (3 * j + 1) / (3 * n)))  # Upright sub-triangles.
-      if i + j <= n - 2:
-        sites.append(((3 * i + 2) / (3 * n), (3 * j + 2) / (3 * n)))  # Inverted ones.
-  uv = np.asarray(sites)
-  return np.column_stack([1.0 - uv.sum(1), uv])
+def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Dot products ``(F,)`` of component-major ``(3, F)`` vectors."""
+  return x[0] * y[0] + x[1] * y[1] + x[2] * y[2]
+
+
+def _cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+  """Cross products ``(3, F)`` of component-major ``(3, F)`` vectors."""
+  return np.stack([x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]])
+
+
+def _lattice(n: int) -> np.ndarray:
+  """Coordinates ``(S, 2)`` ``(i, j) / n`` along ``(B - A, C - A)`` of the lattice points of
+  a triangle's n-fold subdivision, without the corners (which are mesh vertices already)."""
+  i, j = np.divmod(np.arange((n + 1) ** 2), n + 1)
+  keep = (i + j <= n) & ~(((i == 0) | (j == 0)) & ((i + j) % n == 0))
+  return np.column_stack([i[keep], j[keep]]) / n
+
+
+def _run_argmin(owner: np.ndarray, values: np.ndarray) -> np.ndarray:
+  """Positions of the first minimum of ``values (P,)`` in each run of equal ``owner (P,)``
+  (sorted)."""
+  starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+  run_min = np.minimum.reduceat(values, starts)
+  hit = np.flatnonzero(values == np.repeat(run_min, np.diff(np.r_[starts, owner.size])))
+  return hit[np.r_[True, owner[hit][1:] != owner[hit][:-1]]]
 
 
 class MeshDistance:
   """Exact closest points on a fixed triangle mesh, accelerated by a KD-tree over sites.
 
-  Sites are triangle centroids; a triangle whose centroid-to-corner radius ``r_T`` exceeds the
-  covering radius ``eps`` (the 95th percentile of ``r_T``) is split into ``n^2`` similar
-  sub-triangles, ``n = ceil(r_T / eps)``, whose centroids are its sites, so that every point of
-  every triangle lies within ``eps`` of one of its own sites. Hence a triangle none of whose sites
-  is among the ``k`` nearest to ``p`` lies at distance >= ``d_k - eps`` (``d_k`` = distance to
-  the k-th nearest site): when the best exact candidate distance is at most that, it is the
-  global minimum. Uncertified points get an exhaustive search over every triangle with a site
-  within ``best + eps`` of them (a superset of the triangles that can be closer).
+  Sites are the mesh vertices, plus, for the few triangles whose enclosing-ball radius
+  ``rho_T`` exceeds ``rho0`` (a percentile of ``rho_T``), the lattice points of their
+  ``n^2``-fold subdivision, ``n = ceil(rho_T / rho0)``. Every triangle is then covered by
+  sub-triangles of enclosing radius at most ``rho = max_T rho_T / n_T <= rho0`` whose corners
+  are sites of that triangle (its vertices or its own lattice points).
+
+  Certificate: if every site of a triangle ``T`` lies at distance ``>= d`` from ``p``, then
+  ``dist(p, T)^2 >= d^2 - rho^2``. (For ``y = sum_i l_i v_i`` in a sub-triangle with corners
+  ``v_i`` and enclosing centre ``c``: ``|p - y|^2 = sum_i l_i |p - v_i|^2 - sum_i l_i
+  |v_i - c|^2 + |y - c|^2 >= d^2 - rho^2``.) So once the triangles incident to the ``j``
+  nearest sites have been searched, no other triangle can beat the best squared distance
+  ``u^2`` if ``d_j^2 - rho^2 >= u^2`` (``d_j``: distance of the (j+1)-th nearest site). Unlike a
+  bound ``d_j - eps``, this one stays tight above a flat surface: the triangles around the 2-5
+  nearest vertices usually suffice. Points not certified among ``k`` sites (a few percent, far
+  from the surface) get an exhaustive search over the sites within ``sqrt(u^2 + rho^2)``.
+
+  Every candidate triangle is first screened by a cheap lower bound, its plane distance ``h``
+  and the lateral distance to its enclosing disc: ``dist^2 >= h^2 + (lateral - rho_T)_+^2``.
+  Only candidates that may beat the best so far get the exact distance: the plane distance when
+  the projection falls inside, else the closest of the three clamped edge projections,
+  vectorised over all pairs with precomputed per-triangle edge data, in float64, from explicit
+  residuals (accurate down to zero distance). Zero-area triangles reduce to their edges.
 
   Args:
     vertices: ``(V, 3)`` float mesh vertices.
     triangles: ``(F, 3)`` int triangle corner indices.
-    k: number of nearest sites tried first per query point.
+    k: nearest sites examined per query point before the exhaustive fallback (speed only).
     workers: threads of the KD-tree queries (``-1`` = all cores).
+    rho_percentile: percentile of the triangles' enclosing radii above which triangles are
+      subdivided (speed only).
   """
 
-  def __init__(self, vertices: np.ndarray, triangles: np.ndarray, k: int = 8, workers: int = 1):
+  def __init__(
+    self,
+    vertices: np.ndarray,
+    triangles: np.ndarray,
+    k: int = 8,
+    workers: int = 1,
+    rho_percentile: float = 95.0,
+  ):
     from scipy.spatial import cKDTree  # Lazy: SciPy is only needed for evaluation.
 
     vertices = np.asarray(vertices, np.float64)
@@ -220,100 +259,227 @@ class MeshDistance:
       )
     if not np.all(np.isfinite(vertices)):
       raise ValueError("vertices: contain non-finite values")
-    self.corners = vertices[triangles]  # (F, 3 corners, 3)
-    normals = np.cross(
-      self.corners[:, 1] - self.corners[:, 0], self.corners[:, 2] - self.corners[:, 0]
+    triangles = triangles.astype(np.int64)
+    # Component-major (3, F) arrays: reductions over 3 rows are much faster than over an axis
+    # of length 3.
+    coords = np.ascontiguousarray(vertices.T)
+    a, b, c = coords[:, triangles[:, 0]], coords[:, triangles[:, 1]], coords[:, triangles[:, 2]]
+    e0, e1 = b - a, c - a
+    d00, d01, d11 = _dot(e0, e0), _dot(e0, e1), _dot(e1, e1)
+    d22 = d00 - 2 * d01 + d11  # |C - B|^2
+    normal = _cross(e0, e1)
+    nn = _dot(normal, normal)
+    # A triangle of zero area is the union of its edges: the "inside" case is switched off.
+    degenerate = nn <= 1e-300
+    unit = normal / np.sqrt(np.where(degenerate, 1.0, nn))
+    inv = lambda x: 1.0 / np.where(x > 0, x, np.inf)  # Zero-length edge: parameter 0.
+    # Rows gathered per candidate pair: A, B - A, C - A, unit normal, |AB|^2, AB.AC, |AC|^2,
+    # the inside limit |n|^2 (-1 if degenerate), |AB|^2 - AB.AC, 1/|AB|^2, 1/|AC|^2, 1/|BC|^2.
+    limit = np.where(degenerate, -1.0, nn)
+    self._exact_table = np.concatenate(
+      [a, e0, e1, unit, np.stack([d00, d01, d11, limit, d00 - d01, inv(d00), inv(d11), inv(d22)])]
     )
-    self.normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-300)
-    self.centroids = self.corners.mean(axis=1)
-    radius = np.linalg.norm(self.corners - self.centroids[:, None], axis=-1).max(axis=1)
-    self.radius = radius
-    self.eps = max(float(np.percentile(radius, 95)), 1e-12)
-    splits = np.maximum(np.ceil(radius / self.eps - 1e-9), 1).astype(np.int64)
-    sites, owners = [], []
-    for n in np.unique(splits):
+    # Enclosing ball: centred on the circumcentre (acute triangles) or the midpoint of the
+    # longest edge (others, degenerate ones included); its radius is measured as the largest
+    # centre-to-corner distance, so it encloses the triangle whatever the rounding.
+    circum = _cross(d00 * e1 - d11 * e0, normal) / (2 * np.where(degenerate, 1.0, nn))
+    longest = np.argmax(np.stack([d00, d11, d22]), axis=0)
+    mid = np.where(longest == 0, 0.5 * e0, np.where(longest == 1, 0.5 * e1, 0.5 * (e0 + e1)))
+    obtuse = 2 * np.maximum(np.maximum(d00, d11), d22) >= d00 + d11 + d22
+    centre = np.where(obtuse, mid, circum)  # Relative to A.
+    rho_t = np.sqrt(
+      np.maximum(
+        np.maximum(_dot(centre, centre), _dot(centre - e0, centre - e0)),
+        _dot(centre - e1, centre - e1),
+      )
+    ) * (1 + 1e-12)
+    self._bound_table = np.concatenate([a + centre, unit, rho_t[None]])
+    self.triangle_normals = unit.T  # (F, 3)
+
+    # Sites: used vertices with their incident triangles (padded with -1), then lattice points
+    # of the large triangles, each incident to its own triangle only.
+    flat = triangles.reshape(-1)
+    valence = np.bincount(flat, minlength=vertices.shape[0])
+    order = np.argsort(flat, kind="stable")
+    sorted_vertex = flat[order]
+    slot = np.arange(flat.size) - (np.cumsum(valence) - valence)[sorted_vertex]
+    incident = np.full((vertices.shape[0], int(valence.max())), -1, np.int64)
+    incident[sorted_vertex, slot] = order // 3
+    used = np.flatnonzero(valence)
+    sites, site_incident = [vertices[used]], [incident[used]]
+    rho0 = max(float(np.percentile(rho_t, rho_percentile)), 1e-12 * float(rho_t.max()), 1e-300)
+    splits = np.maximum(np.ceil(rho_t / rho0), 1).astype(np.int64)
+    for n in np.unique(splits[splits > 1]):
       ids = np.flatnonzero(splits == n)
-      weights = _subdivision_sites(int(n))  # (S, 3)
-      sites.append(np.einsum("sc,fcd->fsd", weights, self.corners[ids]).reshape(-1, 3))
-      owners.append(np.repeat(ids, weights.shape[0]))
-    self.site_owner = np.concatenate(owners)
-    self.tree = cKDTree(np.concatenate(sites))
-    self.k = int(min(max(k, 1), self.tree.n))
+      uv = _lattice(int(n))
+      points = a[:, ids, None] + e0[:, ids, None] * uv[:, 0] + e1[:, ids, None] * uv[:, 1]
+      sites.append(points.reshape(3, -1).T)
+      own = np.full((ids.size * uv.shape[0], incident.shape[1]), -1, np.int64)
+      own[:, 0] = np.repeat(ids, uv.shape[0])
+      site_incident.append(own)
+    # Sub-triangles are similar to their triangle, scaled by 1 / n.
+    self.rho = float(np.max(rho_t / splits)) * (1 + 1e-9)
+    self.site_incident = np.concatenate(site_incident)
+    self.tree = cKDTree(np.concatenate(sites), balanced_tree=False, compact_nodes=False)
+    self.k = int(min(max(k, 2), self.tree.n))
     self.workers = workers
 
-  def _exact(self, points, tri):
-    corners = self.corners[tri]
-    return point_triangle_closest(
-      points, corners[..., 0, :], corners[..., 1, :], corners[..., 2, :]
+  def _exact2(self, points, tri, residual=False):
+    """Exact squared distances ``(P,)`` of points ``(3, P)`` to triangles ``tri (P,)``; with
+    ``residual`` also ``p - closest`` ``(3, P)``."""
+    ax, ay, az, e0x, e0y, e0z, e1x, e1y, e1z, nx, ny, nz, d00, d01, d11, lim, c22, i00, i11, i22 = (
+      self._exact_table[:, tri]
     )
+    apx, apy, apz = points[0] - ax, points[1] - ay, points[2] - az
+    d1 = e0x * apx + e0y * apy + e0z * apz
+    d2 = e1x * apx + e1y * apy + e1z * apz
+    # Projection inside (barycentrics times |n|^2 non-negative, summing to at most |n|^2):
+    # the plane distance. Otherwise the closest of the three clamped edge projections.
+    s = d11 * d1 - d01 * d2
+    t = d00 * d2 - d01 * d1
+    inside = (s >= 0) & (t >= 0) & (s + t <= lim)
+    h = nx * apx + ny * apy + nz * apz
+    u = np.minimum(np.maximum(d1 * i00, 0.0), 1.0)
+    ab = (apx - u * e0x, apy - u * e0y, apz - u * e0z)
+    v = np.minimum(np.maximum(d2 * i11, 0.0), 1.0)
+    ac = (apx - v * e1x, apy - v * e1y, apz - v * e1z)
+    w = np.minimum(np.maximum((d2 - d1 + c22) * i22, 0.0), 1.0)
+    e2x, e2y, e2z = e1x - e0x, e1y - e0y, e1z - e0z
+    bc = (apx - e0x - w * e2x, apy - e0y - w * e2y, apz - e0z - w * e2z)
+    dab, dac, dbc = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2] for r in (ab, ac, bc))
+    edge = np.minimum(np.minimum(dab, dac), dbc)
+    dist2 = np.where(inside, h * h, edge)
+    if not residual:
+      return dist2
+    pick_ab, pick_ac = (dab == edge)[None], (dac == edge)[None]
+    res = np.where(pick_ab, np.stack(ab), np.where(pick_ac, np.stack(ac), np.stack(bc)))
+    return dist2, np.where(inside[None], h * np.stack([nx, ny, nz]), res)
 
-  def _nearest_sites(self, points):
-    site_dist, site = self.tree.query(points, k=self.k, workers=self.workers)
-    site_dist, site = site_dist.reshape(-1, self.k), site.reshape(-1, self.k)
-    tri = self.site_owner[site]
-    dist, closest = self._exact(points[:, None, :], tri)
-    pick = np.argmin(dist, axis=1)
-    rows = np.arange(points.shape[0])
-    certified = (self.k >= self.tree.n) | (dist[rows, pick] <= site_dist[:, -1] - self.eps)
-    return dist[rows, pick], closest[rows, pick], tri[rows, pick], certified
+  def _lower2(self, points, tri):
+    """Lower bounds ``(P,)`` of the squared distances of points ``(3, P)`` to triangles ``tri
+    (P,)``: squared plane distance plus the squared lateral distance to the enclosing disc."""
+    cx, cy, cz, nx, ny, nz, rho = self._bound_table[:, tri]
+    px, py, pz = points[0] - cx, points[1] - cy, points[2] - cz
+    h = nx * px + ny * py + nz * pz
+    h2 = h * h
+    lateral = np.sqrt(np.maximum(px * px + py * py + pz * pz - h2, 0.0)) - rho
+    return h2 + np.where(lateral > 0, lateral * lateral, 0.0)
 
-  def _exact_search(self, points, upper, closest, tri):
-    """Exact search given upper bounds ``upper (N,)`` realised by mesh points ``closest`` on
-    triangles ``tri``: every triangle with a site within ``upper + eps`` is a candidate (a
-    superset of the triangles that can be closer). Returns the improved triple."""
-    balls = self.tree.query_ball_point(points, upper + self.eps, workers=self.workers)
-    counts = np.fromiter(map(len, balls), np.int64, len(balls))
-    owner = np.repeat(np.arange(points.shape[0]), counts)
-    cand = self.site_owner[
-      np.fromiter(itertools.chain.from_iterable(balls), np.int64, int(counts.sum()))
-    ]
-    # Cheap lower bound first: dist^2 >= (distance to the plane)^2
-    # + (in-plane distance to the centroid - radius)_+^2; only triangles that may beat the
-    # upper bound get the exact distance.
-    offset = points[owner] - self.centroids[cand]
-    height = np.einsum("ij,ij->i", offset, self.normals[cand])
-    lateral = np.sqrt(np.maximum(np.einsum("ij,ij->i", offset, offset) - height**2, 0.0))
-    bound = height**2 + np.maximum(lateral - self.radius[cand], 0.0) ** 2
-    keep = bound <= (upper[owner] * (1 + 1e-9)) ** 2 + 1e-18
-    owner, cand = owner[keep], cand[keep]
-    dist, point = self._exact(points[owner], cand)
-    upper, closest, tri = upper.copy(), closest.copy(), tri.copy()
-    if owner.size:
-      # ``owner`` is sorted: per run (query point), the first minimum is its answer.
-      starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-      run_min = np.minimum.reduceat(dist, starts)
-      run = np.searchsorted(starts, np.arange(owner.size), "right") - 1
-      hit = np.flatnonzero(dist == run_min[run])
-      pick = hit[np.r_[True, run[hit][1:] != run[hit][:-1]]]
-      rows = owner[pick]
-      better = dist[pick] < upper[rows]
-      rows, pick = rows[better], pick[better]
-      upper[rows], closest[rows], tri[rows] = dist[pick], point[pick], cand[pick]
-    return upper, closest, tri
+  def _chunked(self, fn, points, owner, tri, chunk=16384):
+    """``fn(points[:, owner], tri)`` in chunks whose temporaries stay in the cache."""
+    out = np.empty(owner.size)
+    for i in range(0, owner.size, chunk):
+      out[i : i + chunk] = fn(points[:, owner[i : i + chunk]], tri[i : i + chunk])
+    return out
+
+  def _search(self, points, owner, tri, best, seed=None):
+    """Lowers ``best = (d2 (N,), tri (N,))`` in place by the pairs ``owner (P,)`` (sorted
+    indices into ``points (3, N)``) x ``tri (P,)``: screened by the lower bound, then exact.
+    With ``seed``, ``best`` is first set from each point's pair of least lower bound."""
+    if owner.size == 0:
+      return
+    lower = self._chunked(self._lower2, points, owner, tri)
+    if seed is not None:
+      first = _run_argmin(owner, lower)
+      rows = owner[first]
+      best[0][rows] = self._chunked(self._exact2, points, rows, tri[first])
+      best[1][rows] = tri[first]
+      lower[first] = np.inf
+    keep = np.flatnonzero(lower <= best[0][owner] * (1 + 1e-9))
+    if keep.size == 0:
+      return
+    owner, tri = owner[keep], tri[keep]
+    exact = self._chunked(self._exact2, points, owner, tri)
+    first = _run_argmin(owner, exact)
+    rows = owner[first]
+    better = exact[first] < best[0][rows]
+    best[0][rows[better]], best[1][rows[better]] = exact[first[better]], tri[first[better]]
+
+  def _site_pairs(self, rows, sites):
+    """Pairs (query row, triangle) of the triangles incident to ``sites (M,)`` of ``rows (M,)``
+    (``rows`` sorted)."""
+    tri = self.site_incident[sites]
+    valid = tri >= 0
+    return np.repeat(rows, valid.sum(1)), tri[valid]
+
+  def nearest_sites(self, points: np.ndarray, k: int | None = None):
+    """The ``k`` (default ``self.k``) nearest sites of ``points (N, 3)``: distances ``(N, k)``
+    float64, ascending, and site indices ``(N, k)`` int64 (reusable by :meth:`query`)."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    k = self.k if k is None else int(min(max(k, 1), self.tree.n))
+    dist, site = self.tree.query(points, k=k, workers=self.workers)
+    return dist.reshape(-1, k), site.reshape(-1, k)
+
+  def closest_on(self, points: np.ndarray, tri: np.ndarray, chunk: int = 16384):
+    """Distances ``(N,)`` and closest points ``(N, 3)`` of ``points (N, 3)`` on the given
+    triangles ``tri (N,)`` int (float64)."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    pts = np.ascontiguousarray(points.T)
+    d2, residual = np.empty(points.shape[0]), np.empty((3, points.shape[0]))
+    for i in range(0, points.shape[0], chunk):
+      d2[i : i + chunk], residual[:, i : i + chunk] = self._exact2(
+        pts[:, i : i + chunk], tri[i : i + chunk], residual=True
+      )
+    return np.sqrt(d2), points - residual.T
 
   def query(
-    self, points: np.ndarray, exact: bool = True
+    self,
+    points: np.ndarray,
+    exact: bool = True,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    moved: np.ndarray | None = None,
   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Closest points of the mesh to ``points (N, 3)``.
+    """Closest mesh points to ``points``.
 
     Args:
       points: ``(N, 3)`` float query points.
-      exact: the exact search (see the class docs). With False only the triangles of the ``k``
-        nearest sites are tried: the distance is then an upper bound of the exact one, exact
-        wherever the best candidate beats ``d_k - eps`` (most points close to the surface).
+      exact: certified search (see the class docs). With False only the triangles incident to
+        the nearest site are searched: the distance is then an upper bound of the exact one,
+        exact for most points near the surface, at a fraction of the cost.
+      neighbours: :meth:`nearest_sites` of earlier positions of the points, which saves the
+        KD-tree query; ``moved`` then bounds how far each point has moved since.
+      moved: ``(N,)`` float distances from those earlier positions (default 0). The
+        certificate uses the site distances minus ``moved``, so it stays exact.
 
     Returns:
       ``(distance (N,), closest (N, 3), triangle (N,))``: float64 distances and points and the
       int64 index of a closest triangle.
     """
     points = np.asarray(points, np.float64).reshape(-1, 3)
-    best, closest, tri, certified = self._nearest_sites(points)
-    todo = np.flatnonzero(~certified)
-    if exact and todo.size:
-      best[todo], closest[todo], tri[todo] = self._exact_search(
-        points[todo], best[todo], closest[todo], tri[todo]
-      )
-    return best, closest, tri
+    n = points.shape[0]
+    if n == 0:
+      return np.zeros(0), np.zeros((0, 3)), np.zeros(0, np.int64)
+    pts = np.ascontiguousarray(points.T)
+    if neighbours is None:
+      site_dist, site = self.nearest_sites(points, self.k if exact else 1)
+    else:
+      site_dist, site = neighbours
+      if site_dist.shape != (n, site.shape[1]) or site.shape[0] != n:
+        raise ValueError(f"neighbours: expected two (N={n}, k) arrays, got {site.shape}")
+      if moved is not None:
+        site_dist = np.maximum(site_dist - np.asarray(moved, np.float64)[:, None], 0.0)
+    k = site.shape[1]
+    best = (np.full(n, np.inf), np.zeros(n, np.int64))
+    self._search(pts, *self._site_pairs(np.arange(n), site[:, 0]), best, seed=True)
+    if exact:
+      # Lower bounds on the squared distance of triangles with no site among ranks < j
+      # (rank k stands for every site beyond the list).
+      bound = site_dist**2 - self.rho**2
+      ok = bound[:, 1:] >= (best[0] * (1 + 1e-9))[:, None]
+      # Ranks to search: up to the first certifying one (else all but the last).
+      ranks = np.where(ok.any(1), np.argmax(ok, 1) + 1, k - 1)
+      rows, rank = np.nonzero(np.arange(1, k) < ranks[:, None])
+      self._search(pts, *self._site_pairs(rows, site[rows, rank + 1]), best)
+      todo = np.flatnonzero((ranks == k - 1) & (bound[:, -1] < best[0] * (1 + 1e-9)))
+      if todo.size:
+        # Exhaustive: a triangle within sqrt(d2) has a site within sqrt(d2 + rho^2).
+        radius = np.sqrt(best[0][todo] + self.rho**2) * (1 + 1e-9)
+        balls = self.tree.query_ball_point(points[todo], radius, workers=self.workers)
+        counts = np.fromiter(map(len, balls), np.int64, len(balls))
+        sites = np.fromiter(itertools.chain.from_iterable(balls), np.int64, int(counts.sum()))
+        self._search(pts, *self._site_pairs(np.repeat(todo, counts), sites), best)
+    dist, closest = self.closest_on(points, best[1])
+    return dist, closest, best[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,44 +542,75 @@ def _rotation_vector(omega: np.ndarray) -> np.ndarray:
   return np.eye(3) + np.sin(theta) * kx + (1.0 - np.cos(theta)) * kx @ kx
 
 
-class _Objective:
-  """Closest points of the transformed mesh to fixed scan points, queried in the mesh frame
-  (the KD-tree is built once); scan-frame distances are the mesh-frame ones times the scale."""
-
-  def __init__(self, mesh: MeshDistance, scan: np.ndarray, exact: bool):
-    self.mesh, self.scan, self.exact = mesh, scan, exact
-
-  def __call__(self, sim: Similarity):
-    dist, closest, tri = self.mesh.query(sim.inverse_apply(self.scan), exact=self.exact)
-    rms = sim.scale * float(np.sqrt(np.mean(dist * dist)))
-    return rms, closest, tri
-
-
 def _gauss_newton_step(
-  sim: Similarity, scan, closest, tri, mesh: MeshDistance, damping: float
+  sim: Similarity, scan: np.ndarray, anchor: np.ndarray, direction: np.ndarray, damping: float
 ) -> Similarity:
-  """One damped Gauss-Newton (Levenberg-Marquardt) step on sum_i dist_i^2 for fixed closest
-  points (point-to-surface residuals along the unit direction from the closest point to the
-  scan point), parametrised by scale, axis-angle rotation about the centroid and translation."""
-  y = sim.apply(closest)
-  e = scan - y
-  d = np.linalg.norm(e, axis=1)
-  normal = mesh.normals[tri] @ sim.rotation.T
-  # At zero distance the direction is undefined: use the surface normal (any unit vector has
-  # the same zero residual; the normal keeps the tangential slide free).
-  u = np.where(d[:, None] > 1e-12, e / np.maximum(d, 1e-300)[:, None], normal)
+  """One damped Gauss-Newton (Levenberg-Marquardt) step on ``sum_i r_i^2``, ``r_i = (R u_i) .
+  (scan_i - sim(anchor_i))``: the distance of ``scan_i`` to the plane through the mesh point
+  ``anchor_i`` normal to the mesh-frame unit ``direction u_i`` (the linearised point-to-surface
+  distance), parametrised by scale, axis-angle rotation about the centroid and translation."""
+  y = sim.apply(anchor)
+  u = direction @ sim.rotation.T
   centre = y.mean(axis=0)
   z = y - centre
   jac = np.column_stack([np.sum(u * z, axis=1), np.cross(z, u), u])
   jtj = jac.T @ jac
   jtj_damped = jtj + damping * np.diag(np.diag(jtj))
-  step = np.linalg.lstsq(jtj_damped, jac.T @ np.sum(u * e, axis=1), rcond=None)[0]
+  step = np.linalg.lstsq(jtj_damped, jac.T @ np.sum(u * (scan - y), axis=1), rcond=None)[0]
   scale = 1.0 + step[0]
   if scale <= 0:
     return sim
   rotation = _rotation_vector(step[1:4])
   update = Similarity(scale, rotation, centre + step[4:] - scale * rotation @ centre)
   return update.compose(sim)
+
+
+def _refine_planes(
+  scan: np.ndarray,
+  sim: Similarity,
+  anchor: np.ndarray,
+  direction: np.ndarray,
+  max_iterations: int,
+  tolerance: float,
+) -> tuple[Similarity, int]:
+  """Levenberg-Marquardt on the RMS of the linearised distances of :func:`_gauss_newton_step`
+  for fixed anchors ``(N, 3)`` and unit directions ``(N, 3)`` (mesh frame): point-to-plane
+  ICP's inner problem, which converges in a few steps and needs no search.
+
+  Returns ``(similarity, iterations)``."""
+
+  def rms(s):
+    residual = np.sum((direction @ s.rotation.T) * (scan - s.apply(anchor)), axis=1)
+    return float(np.sqrt(np.mean(residual * residual)))
+
+  value, iterations, damping = rms(sim), 0, 1e-3
+  while iterations < max_iterations:
+    iterations += 1
+    for _ in range(3):  # Damping grows on a rejected step.
+      candidate = _gauss_newton_step(sim, scan, anchor, direction, damping)
+      trial = rms(candidate)
+      if trial < value:
+        damping = max(damping / 10, 1e-6)
+        break
+      damping *= 10
+    else:
+      break
+    converged = value - trial <= tolerance * max(value, 1e-12)
+    sim, value = candidate, trial
+    if converged:
+      break
+  return sim, iterations
+
+
+def _linearisation(mesh: MeshDistance, points: np.ndarray, closest: np.ndarray, tri: np.ndarray):
+  """Unit directions ``(N, 3)`` from the closest points to the points (mesh frame); the
+  triangle normal where they coincide (any unit vector gives the same zero distance, the
+  normal keeps the tangential slide free)."""
+  e = points - closest
+  d = np.linalg.norm(e, axis=1)
+  return np.where(
+    d[:, None] > 1e-12, e / np.maximum(d, 1e-300)[:, None], mesh.triangle_normals[tri]
+  )
 
 
 def refine_alignment(
@@ -426,48 +623,43 @@ def refine_alignment(
 ) -> tuple[Similarity, int]:
   """Refines a similarity of the mesh by minimising the RMS scan-to-surface distance.
 
-  Each iteration finds the closest surface points of the transformed mesh and takes a damped
-  Gauss-Newton (Levenberg-Marquardt) step for the distances; if two dampings fail to lower the
-  RMS, the closed-form point-to-point step (:func:`umeyama` onto the closest points, which never
-  raises it) is taken.
-  Stops when the RMS decreases by less than ``tolerance`` (relative) or neither step helps.
+  Closest-point iterations (point-to-plane ICP with scale): each round finds the closest
+  surface points of the transformed mesh, then minimises the distances linearised there (to
+  the planes through the closest points, normal to the point-to-surface directions) by damped
+  Gauss-Newton steps (:func:`_refine_planes`). A round that does not lower the true RMS is
+  undone. Stops when a round lowers the RMS by less than ``tolerance`` (relative) or the
+  iterations run out.
 
   Args:
     mesh: the predicted mesh in its own frame.
     scan: ``(N, 3)`` float64 scan points.
     initial: the starting mesh-to-scan similarity.
-    max_iterations: iterations at most.
+    max_iterations: Gauss-Newton iterations at most (all rounds together).
     tolerance: relative RMS decrease that counts as converged.
-    exact: certified closest points in every iteration (see :meth:`MeshDistance.query`). The
-      default uses the ``k`` nearest sites' triangles: exact for points near the surface, an
-      upper bound elsewhere, which changes the optimum negligibly and is several times faster.
+    exact: certified closest points in every round (see :meth:`MeshDistance.query`). The
+      default searches the triangles around the nearest site: exact for most points near the
+      surface, an upper bound elsewhere, which changes the optimum negligibly.
 
   Returns:
     ``(similarity, iterations)``.
   """
-  objective = _Objective(mesh, scan, exact)
-  sim = initial
-  rms, closest, tri = objective(sim)
-  iterations, damping = 0, 1e-3
+  sim, iterations = initial, 0
+  points = sim.inverse_apply(scan)
+  dist, closest, tri = mesh.query(points, exact=exact)
+  rms = sim.scale * float(np.sqrt(np.mean(dist * dist)))
   while iterations < max_iterations:
-    iterations += 1
-    new = None
-    # Damping grows on a rejected step (closest points jump where the surface bends); after
-    # two rejections the monotone point-to-point step is taken instead.
-    for _ in range(2):
-      candidate = _gauss_newton_step(sim, scan, closest, tri, mesh, damping)
-      trial = objective(candidate)
-      if trial[0] < rms:
-        new, damping = trial, max(damping / 10, 1e-6)
-        break
-      damping *= 10
-    if new is None:
-      candidate = umeyama(closest, scan)
-      new = objective(candidate)
-      if new[0] >= rms:
-        break
-    converged = rms - new[0] <= tolerance * max(rms, 1e-12)
-    sim, (rms, closest, tri) = candidate, new
+    direction = _linearisation(mesh, points, closest, tri)
+    candidate, used = _refine_planes(
+      scan, sim, closest, direction, max_iterations - iterations, tolerance
+    )
+    iterations += used
+    points = candidate.inverse_apply(scan)
+    dist, new_closest, new_tri = mesh.query(points, exact=exact)
+    new_rms = candidate.scale * float(np.sqrt(np.mean(dist * dist)))
+    if used == 0 or new_rms >= rms:
+      break
+    converged = rms - new_rms <= tolerance * max(rms, 1e-12)
+    sim, rms, closest, tri = candidate, new_rms, new_closest, new_tri
     if converged:
       break
   return sim, iterations
@@ -482,12 +674,17 @@ def scan_to_mesh_error(
   *,
   max_iterations: int = 30,
   tolerance: float = 1e-5,
-  refine_points: int | None = 5000,
+  refine_points: int | None = 1000,
   k: int = 8,
   workers: int = 1,
   seed: int = 0,
 ) -> NowResult:
   """NoW-style error of one predicted mesh against one ground-truth scan (see module docs).
+
+  The refinement runs first on a random subset of the cropped scan (a cheap, close start,
+  :func:`refine_alignment`), then one point-to-plane round on every cropped vertex
+  (:func:`_refine_planes`); the final exact search reuses that round's KD-tree query
+  (:meth:`MeshDistance.query` with ``neighbours``).
 
   Args:
     scan_vertices: ``(N, 3)`` float ground-truth scan vertices (mm).
@@ -496,10 +693,10 @@ def scan_to_mesh_error(
       absorbs the scale).
     predicted_triangles: ``(F, 3)`` int predicted mesh triangles.
     predicted_landmarks: ``(7, 3)`` float predicted landmarks, NoW order.
-    max_iterations: refinement iterations at most.
+    max_iterations: Gauss-Newton iterations at most, per stage.
     tolerance: relative RMS decrease at which the refinement stops.
-    refine_points: the refinement uses at most this many cropped scan vertices (a fixed random
-      subset; ``None`` = all). The final distances always use every cropped vertex.
+    refine_points: size of the random subset of the first stage (``None``: every cropped
+      vertex). The second stage and the final distances always use every cropped vertex.
     k: KD-tree candidates per query (speed only; the distances are exact for any ``k``).
     workers: KD-tree query threads.
     seed: seed of the subset.
@@ -520,15 +717,29 @@ def scan_to_mesh_error(
   if scan.shape[0] == 0:
     raise ValueError("scan_vertices: no scan vertex lies inside the NoW crop sphere")
   mesh = MeshDistance(predicted_vertices, predicted_triangles, k=k, workers=workers)
-  subset = scan
-  if refine_points is not None and scan.shape[0] > refine_points:
-    rng = np.random.default_rng(seed)
-    subset = scan[rng.choice(scan.shape[0], refine_points, replace=False)]
-  sim, iterations = refine_alignment(
-    mesh, subset, umeyama(pred_lm, scan_lm), max_iterations, tolerance
-  )
-  dist, _, _ = mesh.query(sim.inverse_apply(scan))
-  return NowResult(sim.scale * dist, sim, centre, radius, iterations)
+  sim, iterations = umeyama(pred_lm, scan_lm), 0
+  if max_iterations > 0:
+    subset = scan
+    if refine_points is not None and scan.shape[0] > refine_points:
+      rng = np.random.default_rng(seed)
+      subset = scan[rng.choice(scan.shape[0], refine_points, replace=False)]
+    sim, iterations = refine_alignment(mesh, subset, sim, max_iterations, tolerance)
+  # Every point: one KD-tree query, closest triangles around the nearest site, refinement on
+  # them; the exact search then reuses the query, its certificate loosened by how far each
+  # point has moved in the mesh frame.
+  start = sim.inverse_apply(scan)
+  neighbours = mesh.nearest_sites(start)
+  approx, closest, tri = mesh.query(start, exact=False, neighbours=neighbours)
+  direction = _linearisation(mesh, start, closest, tri)
+  final, used = _refine_planes(scan, sim, closest, direction, max_iterations, tolerance)
+  points = final.inverse_apply(scan)
+  moved = np.linalg.norm(points - start, axis=1)
+  dist, _, _ = mesh.query(points, neighbours=neighbours, moved=moved)
+  if final.scale**2 * np.mean(dist * dist) > sim.scale**2 * np.mean(approx * approx):
+    # The last step raised the true RMS above an upper bound of the previous one: undo it.
+    final, used = sim, 0
+    dist, _, _ = mesh.query(start, neighbours=neighbours)
+  return NowResult(final.scale * dist, final, centre, radius, iterations + used)
 
 
 def summarize(distances: np.ndarray | Sequence[np.ndarray]) -> dict[str, float]:
@@ -545,6 +756,42 @@ def summarize(distances: np.ndarray | Sequence[np.ndarray]) -> dict[str, float]:
     "std": float(np.std(flat)),
     "count": int(flat.size),
   }
+
+
+def _evaluate_job(args) -> NowResult:
+  scan_vertices, scan_landmarks, vertices, triangles, landmarks, options = args
+  return scan_to_mesh_error(
+    scan_vertices, scan_landmarks, vertices, triangles, landmarks, **options
+  )
+
+
+def evaluate_many(
+  jobs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+  processes: int = 1,
+  **options,
+) -> list[NowResult]:
+  """:func:`scan_to_mesh_error` of many predictions, optionally in worker processes.
+
+  Args:
+    jobs: ``(scan_vertices, scan_landmarks, predicted_vertices, predicted_triangles,
+      predicted_landmarks)`` tuples, arrays as in :func:`scan_to_mesh_error`.
+    processes: worker processes (1: in this process). Workers are spawned (never forked: the
+      caller may hold JAX threads), so each costs an interpreter start-up (~1 s); use them
+      for batches of tens of meshes or more.
+    **options: keyword arguments of :func:`scan_to_mesh_error`.
+
+  Returns:
+    The :class:`NowResult` of every job, in order.
+  """
+  tasks = [(*job, options) for job in jobs]
+  if processes <= 1 or len(tasks) <= 1:
+    return [_evaluate_job(t) for t in tasks]
+  import concurrent.futures  # Lazy: only batch evaluation needs worker processes.
+  import multiprocessing
+
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+    return list(pool.map(_evaluate_job, tasks, chunksize=max(1, len(tasks) // (4 * processes))))
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,25 +42,40 @@ def test_point_triangle_distance_vs_dense_sampling():
   assert np.all(sampled - dist <= edge / steps)
 
 
-def test_mesh_distance_is_exact_against_brute_force():
-  vertices, triangles, _ = _face()
-  mesh = now.MeshDistance(vertices, triangles, k=4)
-  rng = np.random.default_rng(1)
-  # Points near the surface and far from it (up to ~20 mm), the hard case for the certificate.
-  points = vertices[rng.choice(len(vertices), 150)] + rng.normal(0, 1, (150, 3)) * rng.choice(
-    [0.1, 2.0, 10.0], (150, 1)
-  )
-  dist, closest, tri = mesh.query(points)
+def _brute_force(points, vertices, triangles):
   corners = vertices[triangles]
-  brute, _ = now.point_triangle_closest(
+  dist, _ = now.point_triangle_closest(
     points[:, None], corners[None, :, 0], corners[None, :, 1], corners[None, :, 2]
   )
-  np.testing.assert_allclose(dist, brute.min(axis=1), rtol=0, atol=1e-12)
+  return dist.min(axis=1)
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_mesh_distance_is_exact_against_brute_force(k):
+  vertices, triangles, _ = _face()
+  triangles = triangles.copy()
+  triangles[:5, 2] = triangles[:5, 1]  # Degenerate triangles (two coincident corners).
+  mesh = now.MeshDistance(vertices, triangles, k=k)
+  rng = np.random.default_rng(1)
+  # Points on, near and far from the surface (up to ~60 mm), the hard cases for the certificate.
+  points = vertices[rng.choice(len(vertices), 150)] + rng.normal(0, 1, (150, 3)) * rng.choice(
+    [0.0, 0.1, 2.0, 10.0, 30.0], (150, 1)
+  )
+  points[:3] = vertices[triangles[:3, 0]]  # Exactly on degenerate triangles' corners.
+  brute = _brute_force(points, vertices, triangles)
+  dist, closest, tri = mesh.query(points)
+  np.testing.assert_allclose(dist, brute, rtol=0, atol=1e-12)
   np.testing.assert_allclose(np.linalg.norm(points - closest, axis=1), dist, atol=1e-12)
+  corners = vertices[triangles]
   own, _ = now.point_triangle_closest(points, *(corners[tri][:, i] for i in range(3)))
   np.testing.assert_allclose(own, dist, atol=1e-12)
   approx, _, _ = mesh.query(points, exact=False)  # Upper bound without the certificate.
   assert np.all(approx >= dist - 1e-12)
+  # Reusing the nearest sites of earlier positions stays exact given how far points moved.
+  earlier = points + rng.normal(0, 0.5, points.shape)
+  moved = np.linalg.norm(points - earlier, axis=1)
+  again, _, _ = mesh.query(points, neighbours=mesh.nearest_sites(earlier), moved=moved)
+  np.testing.assert_allclose(again, brute, rtol=0, atol=1e-12)
 
 
 def test_umeyama_recovers_similarity():
@@ -113,6 +128,31 @@ def test_refinement_improves_a_perturbed_landmark_alignment():
   assert refined.iterations >= 1
   assert np.mean(refined.distances**2) < 0.5 * np.mean(unrefined.distances**2)
   assert np.median(refined.distances) < 0.35  # About the scan noise (0.3 mm per axis).
+  # The full-crop refinement reaches the optimum of a refinement on every point from the start.
+  full = now.scan_to_mesh_error(scan, lm, vertices, triangles, noisy_lm, refine_points=None)
+  np.testing.assert_allclose(
+    np.sqrt(np.mean(refined.distances**2)), np.sqrt(np.mean(full.distances**2)), rtol=1e-3
+  )
+
+
+def test_evaluate_many_matches_single_calls():
+  vertices, triangles, lm = _face()
+  sim = _random_similarity(6)
+  rng = np.random.default_rng(7)
+  jobs = [
+    (
+      sim.apply(vertices + rng.normal(0, 0.2, vertices.shape)),
+      sim.apply(lm),
+      vertices,
+      triangles,
+      lm,
+    )
+    for _ in range(2)
+  ]
+  many = now.evaluate_many(jobs, processes=2, refine_points=500)
+  for job, result in zip(jobs, many, strict=True):
+    single = now.scan_to_mesh_error(*job, refine_points=500)
+    np.testing.assert_allclose(result.distances, single.distances, rtol=0, atol=1e-12)
 
 
 def test_submission_files_round_trip(tmp_path):
