@@ -25,10 +25,8 @@ def get_config(arg: str = ""):
   config.optim.unet_decay = 0.95
   config.em.period_steps = 30000
   config.em.unet_steps = 5000
+  config_lib.apply_variant(config, arg)
   if arg == "smoke":
-    config_lib.smoke(config)
     config.em.period_steps = 4
     config.em.unet_steps = 1
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} (expected '' or 'smoke')")
   return config

@@ -16,8 +16,4 @@ def get_config(arg: str = ""):
   config.total_steps = 30000
   config.optim.unet_lr = 0.03
   config.optim.unet_decay = 0.99
-  if arg == "smoke":
-    config_lib.smoke(config)
-  elif arg:
-    raise ValueError(f"unknown variant {arg!r} (expected '' or 'smoke')")
-  return config
+  return config_lib.apply_variant(config, arg)

@@ -77,3 +77,12 @@ def smoke(config: ml_collections.ConfigDict) -> None:
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
   config.keep_checkpoints = 2
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
+  """Applies the ``:arg`` variant of a config file: ``''`` (as is) or ``'smoke'``."""
+  if arg == "smoke":
+    smoke(config)
+  elif arg:
+    raise ValueError(f"unknown variant {arg!r} (expected '' or 'smoke')")
+  return config

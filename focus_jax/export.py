@@ -16,63 +16,13 @@ import os
 
 import numpy as np
 
+from focus_jax import mesh_io
 from focus_jax.render import morphable_model as mm
-
-
-def _atomic_write(path: str, write) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def write_obj(path: str, vertices: np.ndarray, triangles: np.ndarray, colors=None) -> None:
-  """Writes a triangle mesh as OBJ (1-based faces), atomically.
-
-  Args:
-    path: output file.
-    vertices: ``(V, 3)`` float positions.
-    triangles: ``(F, 3)`` int vertex indices (0-based).
-    colors: optional ``(V, 3)`` RGB in [0, 1], appended to the ``v`` lines (NoW's loader cannot
-      read those: leave them out for NoW submissions).
-  """
-  vertices = np.asarray(vertices, np.float64)
-  rows = vertices if colors is None else np.concatenate([vertices, np.asarray(colors)], 1)
-  fmt = "v" + " %.6f" * rows.shape[1]
-
-  def write(f):
-    np.savetxt(f, rows, fmt=fmt)
-    np.savetxt(f, np.asarray(triangles, np.int64) + 1, fmt="f %d %d %d")
-
-  _atomic_write(path, write)
-
-
-def read_obj(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """Reads the vertices ``(V, 3)`` and triangles ``(F, 3)`` (0-based) of a triangle OBJ file."""
-  verts, faces = [], []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      parts = line.split()
-      if not parts:
-        continue
-      if parts[0] == "v":
-        verts.append([float(v) for v in parts[1:4]])
-      elif parts[0] == "f":
-        corners = [int(p.split("/")[0]) for p in parts[1:]]
-        if len(corners) != 3:
-          raise ValueError(f"{path}:{number}: expected a triangle, got {len(corners)} corners")
-        faces.append(corners)
-  return np.array(verts, np.float64), np.array(faces, np.int64) - 1
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
   """``np.save`` written atomically."""
-  _atomic_write(path, lambda f: np.save(f, array))
+  mesh_io.atomic_write(path, lambda f: np.save(f, array))
 
 
 def export_face(prefix: str, model: mm.MorphableModel, coeffs: dict) -> None:
@@ -80,9 +30,9 @@ def export_face(prefix: str, model: mm.MorphableModel, coeffs: dict) -> None:
   neutral = np.asarray(
     mm.vertices(model, coeffs["shape"], np.zeros(model.sizes["expression"], np.float32))
   )
-  write_obj(f"{prefix}.obj", neutral, np.asarray(model.triangles))
+  mesh_io.write_obj(f"{prefix}.obj", neutral, np.asarray(model.triangles))
   save_npy(f"{prefix}_lmk7.npy", neutral[np.asarray(model.now_landmarks)])
-  _atomic_write(
+  mesh_io.atomic_write(
     f"{prefix}_coeffs.npz", lambda f: np.savez(f, **{k: np.asarray(v) for k, v in coeffs.items()})
   )
 
@@ -92,7 +42,7 @@ def save_png(path: str, image: np.ndarray) -> None:
   import PIL.Image
 
   pixels = (np.clip(np.asarray(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-  _atomic_write(path, lambda f: PIL.Image.fromarray(pixels).save(f, format="PNG"))
+  mesh_io.atomic_write(path, lambda f: PIL.Image.fromarray(pixels).save(f, format="PNG"))
 
 
 # SH band-1 coefficients of a soft light from the upper left of the camera (per channel, 9 terms),

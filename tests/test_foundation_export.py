@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from focus_jax import export, testing
+from focus_jax import export, mesh_io, testing
 from focus_jax.render import morphable_model as mm
 
 
@@ -15,22 +15,25 @@ def test_obj_round_trip_and_bad_faces(tmp_path):
   rng = np.random.default_rng(0)
   v = rng.normal(size=(5, 3))
   t = np.array([[0, 1, 2], [2, 3, 4]])
-  export.write_obj(str(tmp_path / "m.obj"), v, t)
-  v2, t2 = export.read_obj(str(tmp_path / "m.obj"))
+  mesh_io.write_obj(str(tmp_path / "m.obj"), v, t)
+  v2, t2 = mesh_io.read_obj(str(tmp_path / "m.obj"))
   np.testing.assert_allclose(v2, v, atol=1e-6)
   np.testing.assert_array_equal(t2, t)
   text = (tmp_path / "m.obj").read_text().splitlines()
   assert text[0].startswith("v ") and len(text[0].split()) == 4  # no vertex colours
-  (tmp_path / "q.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3 4\n")
-  with pytest.raises(ValueError, match="q.obj:5: expected a triangle, got 4 corners"):
-    export.read_obj(str(tmp_path / "q.obj"))
+  (tmp_path / "q.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nv 0 1 0\nf 1 2 3 4\nf 1 x 2\n")
+  with pytest.raises(ValueError, match="q.obj:6: malformed 'f' line"):
+    mesh_io.read_obj(str(tmp_path / "q.obj"))
+  colored = tmp_path / "c.obj"
+  mesh_io.write_obj(str(colored), v, t, colors=np.full((5, 3), 0.5))
+  assert colored.read_text().splitlines()[0].split()[4:] == ["0.500000"] * 3
 
 
 def test_export_face_is_neutral_with_now_landmarks(tmp_path):
   model = testing.small_model()
   coeffs = testing.random_coefficients(model, seed=1)
   export.export_face(str(tmp_path / "f"), model, coeffs)
-  v, t = export.read_obj(str(tmp_path / "f.obj"))
+  v, t = mesh_io.read_obj(str(tmp_path / "f.obj"))
   neutral = mm.vertices(model, coeffs["shape"], np.zeros(model.sizes["expression"]))
   np.testing.assert_allclose(v, neutral, atol=1e-5)
   np.testing.assert_array_equal(t, model.triangles)

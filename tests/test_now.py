@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from focus_jax import now, testing
+from focus_jax import mesh_io, now, testing
 
 
 def _random_similarity(seed):
@@ -159,7 +159,7 @@ def test_submission_files_round_trip(tmp_path):
   vertices, triangles, lm = _face()
   mesh_path = tmp_path / "FaMoS_180424_03335_TA" / "multiview_neutral" / "IMG_0101.obj"
   lm_path = now.write_submission(mesh_path, vertices, triangles, lm)
-  v, t = now.read_obj(mesh_path)
+  v, t = mesh_io.read_obj(mesh_path)
   np.testing.assert_allclose(v, vertices, atol=1e-6)
   np.testing.assert_array_equal(t, triangles)
   assert not any(line.startswith("v ") and len(line.split()) != 4 for line in open(mesh_path))
@@ -174,6 +174,6 @@ def test_submission_files_round_trip(tmp_path):
   bad = tmp_path / "bad.obj"
   bad.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 x\n")
   with pytest.raises(ValueError, match="bad.obj:4"):
-    now.read_obj(bad)
+    mesh_io.read_obj(bad)
   with pytest.raises(ValueError, match="7x3"):
     now.write_landmarks(tmp_path / "x.npy", lm[:6])
