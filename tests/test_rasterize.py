@@ -262,6 +262,26 @@ def test_soft_mask_exact_away_from_edges_and_grows_outward():
   np.testing.assert_allclose(grad, fd, rtol=0.2)
 
 
+def test_soft_mask_band_overflow_takes_the_dense_path_with_equal_results():
+  """A capacity below the band size switches to the dense path: same values and gradients."""
+  projected, triangles = _grid_mesh(n=3, lo=8.0, hi=23.0)
+  tri = jnp.asarray(triangles)
+  frags = _raster(projected, triangles)
+  band = int(composite.band(frags.face_id >= 0, 1).sum())
+  weights = jnp.asarray(np.random.default_rng(0).uniform(size=(H, W)), jnp.float32)
+
+  def run(capacity):
+    f = lambda p: composite.soft_mask(p, tri, frags, sigma=1.0, capacity=capacity)
+    value = jax.jit(f)(jnp.asarray(projected))
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(weights * f(p))))(jnp.asarray(projected))
+    return np.asarray(value), np.asarray(grad)
+
+  sparse, dense = run(band), run(band - 1)
+  np.testing.assert_allclose(sparse[0], dense[0], atol=1e-6)
+  np.testing.assert_allclose(sparse[1], dense[1], rtol=1e-5, atol=1e-6)
+  assert np.abs(sparse[1]).max() > 0
+
+
 def test_vmap_matches_single_and_does_not_retrace():
   meshes = [_random_mesh(s) for s in range(3)]
   projected = np.stack([m[0] for m in meshes])

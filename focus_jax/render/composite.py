@@ -18,10 +18,17 @@ A pixel whose window holds no pixel of the other kind keeps its hard value, so t
 equals the hard mask exactly for every pixel further than ``R`` pixels (in x or y) from a
 coverage change. Gradients reach the projected vertex positions of the triangles nearest to the
 silhouette; moving a silhouette vertex outward increases the mask.
+
+Cost: only the band pixels (a coverage change within the window) can differ from the hard mask,
+so they are gathered into a static list and evaluated there; a dense path over every pixel takes
+over (same result) when a render has more band pixels than the list holds. On the BFM-sized
+embedded model at 224x224 (~1,500 band pixels) forward+backward costs ~14 ms per image on 2 CPU
+cores, against ~116 ms for the dense evaluation.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -90,28 +97,25 @@ def _safe_sqrt(x):
   return jnp.sqrt(jnp.maximum(x, _TINY))
 
 
-def soft_mask(
-  projected: jax.Array,
-  triangles: jax.Array,
-  fragments: rasterize_lib.Fragments,
-  sigma: float = 1.0,
-) -> jax.Array:
-  """Soft coverage mask in [0, 1], ``(H, W)`` float32.
+def _offsets(radius: int):
+  return [
+    (dy, dx)
+    for dy in range(-radius, radius + 1)
+    for dx in range(-radius, radius + 1)
+    if (dy, dx) != (0, 0)
+  ]
 
-  Args:
-    projected: ``(V, 3)`` float32 (pixel x, pixel y, depth).
-    triangles: ``(F, 3)`` int32.
-    fragments: ``Fragments`` of the same mesh, ``(H, W)`` fields.
-    sigma: static half-width of the ramp in pixels (> 0).
-  """
-  if not sigma > 0:
-    raise ValueError(f"soft_mask: sigma must be > 0 pixels, got {sigma}")
-  radius = max(1, math.ceil(sigma))
-  face_id = jax.lax.stop_gradient(fragments.face_id)
+
+def _signed_distance(covered, outside, d_out, inside, d_in):
+  """Signed distance (pixels, + inside); +-inf where the window shows no coverage change."""
+  return jnp.where(covered, jnp.where(inside, d_in, jnp.inf), jnp.where(outside, -d_out, -jnp.inf))
+
+
+def _soft_dense(projected, triangles, face_id, sigma: float, radius: int):
+  """The soft mask evaluated at every pixel (the fallback when the band overflows)."""
   height, width = face_id.shape
   covered = face_id >= 0
   idx = triangles[jnp.where(covered, face_id, 0)]  # (H, W, 3)
-  # Visible triangle of every pixel in pixel coordinates, (H, W, 3) x and y.
   # Corner coordinates as separate (H, W) planes: with a minor axis of 3, XLA:CPU summed the
   # window's gradients in one scalar loop, ten times slower than the whole forward pass.
   tri_x = [rasterize_lib.gather_rows(projected[:, 0:1], idx[..., k])[..., 0] for k in range(3)]
@@ -119,12 +123,7 @@ def soft_mask(
   py, px = jnp.meshgrid(
     jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
   )
-  offsets = [
-    (dy, dx)
-    for dy in range(-radius, radius + 1)
-    for dx in range(-radius, radius + 1)
-    if (dy, dx) != (0, 0)
-  ]
+  offsets = _offsets(radius)
   # Background pixels: nearest point of the triangles visible in the window.
   pad_x = [_padded(a, radius, 0.0) for a in tri_x]
   pad_y = [_padded(a, radius, 0.0) for a in tri_y]
@@ -153,7 +152,140 @@ def soft_mask(
   )
   inside = covered & jnp.isfinite(in_d2)
   d_in = _safe_sqrt(jnp.where(inside, in_d2, 1.0))
-  signed = jnp.where(
-    covered, jnp.where(inside, d_in, jnp.inf), jnp.where(outside, -d_out, -jnp.inf)
+  return _ramp(_signed_distance(covered, outside, d_out, inside, d_in) / sigma)
+
+
+def band(covered: jax.Array, radius: int) -> jax.Array:
+  """``(H, W)`` bool: pixels whose ``(2 radius + 1)^2`` window holds a pixel of the other kind.
+
+  Only these can differ from the hard mask; pixels outside the image count as neither kind.
+  """
+  height, width = covered.shape
+  pad_c = _padded(covered, radius, False)
+  pad_b = _padded(~covered, radius, False)
+  any_c = functools.reduce(
+    jnp.logical_or, [_shift(pad_c, radius, dy, dx, height, width) for dy, dx in _offsets(radius)]
   )
-  return _ramp(signed / sigma)
+  any_b = functools.reduce(
+    jnp.logical_or, [_shift(pad_b, radius, dy, dx, height, width) for dy, dx in _offsets(radius)]
+  )
+  return jnp.where(covered, any_b, any_c)
+
+
+def _soft_sparse(projected, triangles, face_id, in_band, sigma: float, radius: int, capacity: int):
+  """The soft mask evaluated only at the (at most ``capacity``) band pixels, hard elsewhere.
+
+  The same computation as :func:`_soft_dense`, on the band pixels gathered into a list: a face
+  silhouette at 224 px has a few thousand of them, so this is an order of magnitude cheaper
+  forward and backward.
+  """
+  height, width = face_id.shape
+  n = height * width
+  covered = face_id >= 0
+  flat = in_band.reshape(-1)
+  pix = jnp.nonzero(flat, size=capacity, fill_value=0)[0]
+  used = jnp.arange(capacity) < jnp.sum(flat)
+  slot = jnp.where(used, pix, n)  # unused slots scatter out of bounds and are dropped
+  ys, xs = pix // width, pix % width
+  px, py = xs.astype(jnp.float32), ys.astype(jnp.float32)
+  offsets = _offsets(radius)
+
+  def window(padded):
+    return jnp.stack([padded[ys + radius + dy, xs + radius + dx] for dy, dx in offsets])
+
+  faces = window(_padded(face_id, radius, -1))  # (K_offsets, capacity)
+  corners = triangles[jnp.maximum(faces, 0)]  # (K_offsets, capacity, 3)
+  tx = [rasterize_lib.gather_rows(projected[:, 0:1], corners[..., k])[..., 0] for k in range(3)]
+  ty = [rasterize_lib.gather_rows(projected[:, 1:2], corners[..., k])[..., 0] for k in range(3)]
+  cx, cy, _ = _nearest_on_triangle(px[None], py[None], tx, ty)
+  near_x, near_y, near_d2 = _argmin_select(cx, cy, px, py, faces >= 0)
+  is_covered = covered.reshape(-1)[pix]
+  outside = ~is_covered & used & jnp.isfinite(near_d2)
+  d_out = _safe_sqrt(jnp.where(outside, near_d2, 1.0))
+
+  def to_image(values, fill):
+    full = jnp.full((n,), fill, values.dtype).at[slot].set(values, mode="drop")
+    return _padded(full.reshape(height, width), radius, fill)
+
+  _, _, in_d2 = _argmin_select(
+    window(to_image(jnp.where(outside, near_x, 0.0), 0.0)),
+    window(to_image(jnp.where(outside, near_y, 0.0), 0.0)),
+    px,
+    py,
+    window(to_image(outside, False)),
+  )
+  inside = is_covered & used & jnp.isfinite(in_d2)
+  d_in = _safe_sqrt(jnp.where(inside, in_d2, 1.0))
+  soft = _ramp(_signed_distance(is_covered, outside, d_out, inside, d_in) / sigma)
+  hard = covered.astype(jnp.float32).reshape(-1)
+  return hard.at[slot].set(soft, mode="drop").reshape(height, width)
+
+
+def default_capacity(height: int, width: int, sigma: float) -> int:
+  """Band pixels evaluated sparsely: room for a silhouette twice the image perimeter long."""
+  radius = max(1, math.ceil(sigma))
+  return min(height * width, 4 * (2 * radius + 1) * (height + width))
+
+
+def soft_mask(
+  projected: jax.Array,
+  triangles: jax.Array,
+  fragments: rasterize_lib.Fragments,
+  sigma: float = 1.0,
+  capacity: int | None = None,
+) -> jax.Array:
+  """Soft coverage mask in [0, 1], ``(H, W)`` float32.
+
+  Only band pixels (a coverage change within the window, :func:`band`) can differ from the hard
+  mask, so they are gathered into a list of static ``capacity`` and evaluated there; if a render
+  has more band pixels (a mesh full of holes), ``lax.cond`` takes the dense path over every
+  pixel instead, with the same result. Under ``jax.vmap`` a ``cond`` runs both branches, so
+  batched callers should map over the batch with ``lax.map`` (``pipeline.render_batch`` does).
+
+  Args:
+    projected: ``(V, 3)`` float32 (pixel x, pixel y, depth).
+    triangles: ``(F, 3)`` int32.
+    fragments: ``Fragments`` of the same mesh, ``(H, W)`` fields.
+    sigma: static half-width of the ramp in pixels (> 0).
+    capacity: static number of band pixels evaluated sparsely (default
+      :func:`default_capacity`).
+  """
+  if not sigma > 0:
+    raise ValueError(f"soft_mask: sigma must be > 0 pixels, got {sigma}")
+  radius = max(1, math.ceil(sigma))
+  face_id = jax.lax.stop_gradient(fragments.face_id)
+  height, width = face_id.shape
+  capacity = capacity or default_capacity(height, width, sigma)
+  return _soft(projected, triangles, face_id, sigma, radius, capacity)
+
+
+def _branches(triangles, face_id, sigma, radius, capacity):
+  in_band = band(face_id >= 0, radius)
+  fits = jnp.sum(in_band) <= capacity
+  sparse = lambda p: _soft_sparse(p, triangles, face_id, in_band, sigma, radius, capacity)
+  dense = lambda p: _soft_dense(p, triangles, face_id, sigma, radius)
+  return fits, sparse, dense
+
+
+# A custom VJP so that the backward pass also runs only the branch taken: differentiating a
+# lax.cond directly makes both branches produce residuals, and the dense branch's residuals
+# cost more than the whole sparse gradient.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _soft(projected, triangles, face_id, sigma, radius, capacity):
+  fits, sparse, dense = _branches(triangles, face_id, sigma, radius, capacity)
+  return jax.lax.cond(fits, sparse, dense, projected)
+
+
+def _soft_fwd(projected, triangles, face_id, sigma, radius, capacity):
+  out = _soft(projected, triangles, face_id, sigma, radius, capacity)
+  return out, (projected, triangles, face_id)
+
+
+def _soft_bwd(sigma, radius, capacity, residuals, grad):
+  projected, triangles, face_id = residuals
+  fits, sparse, dense = _branches(triangles, face_id, sigma, radius, capacity)
+  vjp = lambda f: jax.vjp(f, projected)[1](grad)[0]
+  return jax.lax.cond(fits, lambda: vjp(sparse), lambda: vjp(dense)), None, None
+
+
+_soft.defvjp(_soft_fwd, _soft_bwd)

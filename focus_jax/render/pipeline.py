@@ -107,6 +107,16 @@ def render_batch(
   sigma: float = 1.0,
   window: int | None = None,
 ) -> RenderOut:
-  """``render`` over a leading batch axis ``B`` of every coefficient; returns batched fields."""
+  """``render`` over a leading batch axis ``B`` of every coefficient; returns batched fields.
+
+  Everything is vmapped except the soft mask, which maps over the batch with ``lax.map``: it
+  evaluates only the silhouette band behind a ``lax.cond``, and under ``vmap`` a ``cond`` would
+  run its dense fallback too.
+  """
   one = functools.partial(render, height=height, width=width, sigma=sigma, window=window)
-  return jax.vmap(one, in_axes=(None, 0))(model, coeffs)
+  out = jax.vmap(one, in_axes=(None, 0))(model, coeffs)
+  soft = jax.lax.map(
+    lambda args: composite.soft_mask(args[0], model.triangles, args[1], sigma),
+    (out.projected, out.fragments),
+  )
+  return dataclasses.replace(out, soft_mask=soft)
