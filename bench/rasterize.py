@@ -5,7 +5,12 @@ scalar image loss w.r.t. world vertex positions and colours. Compile time is rep
 separately, warm-up is excluded and the median of ``--repeats`` runs is reported (the CI machine
 is shared, so single runs are noisy).
 
-    .venv/bin/python bench/rasterize.py [--sizes small,bfm] [--batches 1,12] [--size 224]
+    .venv/bin/python bench/rasterize.py [--models embedded,embedded-bfm] [--batches 1,12]
+        [--size 224]
+
+``--models`` takes any ``focus_jax.model_zoo`` spec (``ict``, ``ict-narrow``, an h5 path).
+``ms_per_image_render_fwd_bwd`` times the whole ``pipeline.render_batch`` (3DMM, shading, soft
+mask) under the gradient of an image + soft-mask loss w.r.t. all coefficients.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax import testing
-from focus_jax.render import camera, interpolate, rasterize
+from focus_jax import model_zoo, testing
+from focus_jax.render import camera, interpolate, pipeline, rasterize
 from focus_jax.render import morphable_model as mm
 
 
@@ -66,6 +71,14 @@ def run_case(name, model, batch, size, repeats):
   grad = jax.grad(loss, argnums=(0, 1))
   compile_f, fwd = _time(forward, (verts, poses, colors, triangles), repeats)
   compile_b, fwd_bwd = _time(grad, (verts, colors, poses, triangles, target), repeats)
+  coeffs = [testing.random_coefficients(model, s) for s in range(batch)]
+  coeffs = jax.tree.map(lambda *xs: jnp.stack(xs), *coeffs)
+
+  def render_loss(coeffs, model, target):
+    out = pipeline.render_batch(model, coeffs, size, size)
+    return jnp.mean((out.image - target) ** 2) + jnp.mean(out.soft_mask)
+
+  _, render_fwd_bwd = _time(jax.grad(render_loss), (coeffs, model, target), repeats)
   return {
     "device": jax.devices()[0].device_kind,
     "model": name,
@@ -77,6 +90,7 @@ def run_case(name, model, batch, size, repeats):
     "compile_s": round(compile_f + compile_b, 2),
     "ms_per_image_fwd": round(1e3 * fwd / batch, 3),
     "ms_per_image_fwd_bwd": round(1e3 * fwd_bwd / batch, 3),
+    "ms_per_image_render_fwd_bwd": round(1e3 * render_fwd_bwd / batch, 3),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "repeats": repeats,
   }
@@ -84,14 +98,13 @@ def run_case(name, model, batch, size, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--sizes", default="small,bfm")
+  parser.add_argument("--models", default="embedded,embedded-bfm")
   parser.add_argument("--batches", default="1,12")
   parser.add_argument("--size", type=int, default=224)
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args()
-  models = {"small": testing.small_model, "bfm": testing.bfm_sized_model}
-  for name in args.sizes.split(","):
-    model = models[name]()
+  for name in args.models.split(","):
+    model = model_zoo.load_model(name)
     for batch in (int(b) for b in args.batches.split(",")):
       print(json.dumps(run_case(name, model, batch, args.size, args.repeats)), flush=True)
 

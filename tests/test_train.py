@@ -142,6 +142,7 @@ def test_em_smoke_run_resumes_exactly(image_root, tmp_path):
     assert json.load(f)["losses"]["dist"].startswith("disabled")
 
 
+@pytest.mark.slow  # ~45 s of compilation; the EM smoke test covers the UNet step in CI
 def test_unet_pretrain_from_stage1_checkpoint(image_root, tmp_path):
   stage1 = str(tmp_path / "pretrain")
   train.train_and_evaluate(_smoke("pretrain", image_root, 1), stage1)
