@@ -29,9 +29,9 @@ def bench_encoder_losses(batch: int, size: int, runs: int) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from focus_jax import losses
+  from focus_jax import losses, objectives
 
-  weights = losses.FocusLossWeights().encoder
+  weights = objectives.FocusLossWeights().encoder
   rng = np.random.default_rng(0)
   f32 = lambda *s, lo=0.0, hi=1.0: jnp.asarray(rng.uniform(lo, hi, s), jnp.float32)
   image, render = f32(batch, size, size, 3), f32(batch, size, size, 3)
@@ -87,17 +87,17 @@ def _meshes(count: int):
   triangles = np.asarray(model.triangles)
   now_idx = np.asarray(model.now_landmarks)
   coeffs = testing.random_coefficients(model, 0)
-  zero = np.zeros_like(coeffs["expression"])
+  zero = np.zeros_like(coeffs.expression)
   rng = np.random.default_rng(1)
   out = []
   for i in range(count + 1):
-    noise = 0.0 if i == 0 else rng.normal(0, 0.7, coeffs["shape"].shape).astype(np.float32)
-    out.append(np.asarray(mm.vertices(model, coeffs["shape"] + noise, zero), np.float64))
+    noise = 0.0 if i == 0 else rng.normal(0, 0.7, coeffs.shape.shape).astype(np.float32)
+    out.append(np.asarray(mm.vertices(model, coeffs.shape + noise, zero), np.float64))
   return out, triangles, now_idx
 
 
 def _now_job(args):
-  from focus_jax import now
+  from focus_jax.eval import now
 
   scan, pred, triangles, now_idx = args
   t0 = time.process_time()

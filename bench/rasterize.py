@@ -24,16 +24,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax import model_zoo, testing
-from focus_jax.render import camera, interpolate, pipeline, rasterize
+from focus_jax import testing
+from focus_jax.facemodels import zoo
+from focus_jax.render import camera, coefficients, interpolate, pipeline, rasterize
 from focus_jax.render import morphable_model as mm
 
 
 def _inputs(model, batch, size):
   coeffs = [testing.random_coefficients(model, s) for s in range(batch)]
-  verts = jnp.stack([mm.vertices(model, c["shape"], c["expression"]) for c in coeffs])
-  poses = jnp.stack([jnp.asarray(c["pose"]) for c in coeffs])
-  colors = jnp.stack([mm.albedo(model, c["color"]) for c in coeffs])
+  verts = jnp.stack([mm.vertices(model, c.shape, c.expression) for c in coeffs])
+  poses = jnp.stack([jnp.asarray(c.pose) for c in coeffs])
+  colors = jnp.stack([mm.albedo(model, c.color) for c in coeffs])
   target = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (batch, size, size, 3)), jnp.float32)
   return verts, poses, colors, target
 
@@ -71,8 +72,7 @@ def run_case(name, model, batch, size, repeats):
   grad = jax.grad(loss, argnums=(0, 1))
   compile_f, fwd = _time(forward, (verts, poses, colors, triangles), repeats)
   compile_b, fwd_bwd = _time(grad, (verts, colors, poses, triangles, target), repeats)
-  coeffs = [testing.random_coefficients(model, s) for s in range(batch)]
-  coeffs = jax.tree.map(lambda *xs: jnp.stack(xs), *coeffs)
+  coeffs = coefficients.stack([testing.random_coefficients(model, s) for s in range(batch)])
 
   def render_loss(coeffs, model, target):
     out = pipeline.render_batch(model, coeffs, size, size)
@@ -104,7 +104,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args()
   for name in args.models.split(","):
-    model = model_zoo.load_model(name)
+    model = zoo.load_model(name)
     for batch in (int(b) for b in args.batches.split(",")):
       print(json.dumps(run_case(name, model, batch, args.size, args.repeats)), flush=True)
 

@@ -2,25 +2,13 @@
 
   python -m focus_jax.train --config=configs/adapt.py --config.init_from=runs/em \
       --config.data.image_root=IMAGE_ROOT --workdir=runs/adapt
+
+``:cpu`` is the quick start's 2-core recipe (``config_lib.cpu``, every change from SPEC §7 with
+its reason). The numbers live in ``focus_jax.config_lib.stage_config``.
 """
 
-import importlib.util
-import os
-
-
-def _em_config(arg: str):
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "em.py")
-  spec = importlib.util.spec_from_file_location("focus_jax_configs_em", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from focus_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  config = _em_config(arg)
-  config.stage = "adapt"
-  config.data.split = "test"
-  config.data.augment = False
-  if arg != "smoke":
-    config.total_steps = 10000
-  return config
+  return config_lib.stage_config("adapt", arg)

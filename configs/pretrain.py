@@ -5,15 +5,12 @@
 
 Full: ResNet-50, batch 12, 300k steps, Adadelta lr 0.1 decayed by 0.99 every 5000 steps.
 ``:smoke`` trains a tiny encoder for a few steps on 24 synthetic faces (CPU, about a minute).
+``:cpu`` is the quick start's 2-core recipe (``config_lib.cpu``, every change from SPEC §7 with
+its reason). The numbers live in ``focus_jax.config_lib.stage_config``.
 """
 
 from focus_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  config = config_lib.base()
-  config.stage = "pretrain"
-  config.total_steps = 300000
-  config.optim.encoder_lr = 0.1
-  config.optim.encoder_decay = 0.99
-  return config_lib.apply_variant(config, arg)
+  return config_lib.stage_config("pretrain", arg)

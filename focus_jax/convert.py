@@ -1,4 +1,4 @@
-"""PyTorch weights -> focus_jax networks (``.npz``), and loading them into NNX modules.
+"""PyTorch weights -> focus_jax networks (``.npz``): reading ``.pth`` files and mapping their keys.
 
 Usage::
 
@@ -11,23 +11,20 @@ Sources:
 
 - ``resnet50``: a torchvision ResNet state dict (depth and classes inferred from the keys, so
   ResNet-18/34/101/152 work too). For the FOCUS encoder's ImageNet initialisation load it with
-  ``load_params(encoder.backbone, path, ignore=('fc.',))``.
+  :func:`focus_jax.models.weights.face_encoder_from_imagenet`.
 - ``arcface``: an insightface ``arcface_torch`` IResNet state dict (``backbone.pth``).
 - ``focus-encoder`` / ``focus-unet``: the original FOCUS checkpoints, which are whole pickled
   PyTorch modules. They are read with a restricted unpickler (:func:`load_pickled_module`):
   tensors are rebuilt by torch, every other class becomes an inert stub that only records its
   state, so neither the original code nor arbitrary pickled callables are needed or executed.
 
-Output ``.npz`` format: one array per variable, keyed by the module path joined with ``.`` and
-the Flax variable name (``layer1.0.conv1.kernel``, ``bn1.mean``...), parameters and BatchNorm
-statistics together, plus ``__arch__``: a JSON string describing the network
-(:func:`build_module` rebuilds it). Layout conversions: conv ``(O, I, kh, kw)`` -> ``(kh, kw,
-I, O)``, linear ``(O, I)`` -> ``(I, O)``, BatchNorm ``weight/bias/running_mean/running_var`` ->
+The output is the ``.npz`` format of :mod:`focus_jax.models.weights` (which also loads it, with
+numpy and flax only). Layout conversions: conv ``(O, I, kh, kw)`` -> ``(kh, kw, I, O)``, linear
+``(O, I)`` -> ``(I, O)``, BatchNorm ``weight/bias/running_mean/running_var`` ->
 ``scale/bias/mean/var`` (``num_batches_tracked`` dropped). Every mismatch (missing, unexpected
 or wrong-shape keys) is reported in one ``ValueError`` listing them.
 
-torch is needed only to read ``.pth`` / ``.model`` files (imported lazily); loading ``.npz``
-needs numpy and flax only.
+torch is needed only here, to read ``.pth`` / ``.model`` files (imported lazily).
 """
 
 from __future__ import annotations
@@ -40,21 +37,17 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 from flax import nnx
 
-from focus_jax.models import arcface, resnet, unet
+from focus_jax.models import arcface, resnet, weights
+from focus_jax.render import coefficients
 
 KINDS = ("resnet50", "arcface", "focus-encoder", "focus-unet")
-ARCH_KEY = "__arch__"
-# At most this many names per category in error messages.
-_LIST_LIMIT = 20
 
 _log = logging.getLogger(__name__)
 
@@ -261,96 +254,6 @@ def iresnet_arch(state: Mapping[str, np.ndarray], source: str) -> dict[str, Any]
   }
 
 
-def _construct(arch: Mapping[str, Any], rngs: nnx.Rngs) -> nnx.Module:
-  kind = arch.get("kind")
-  if kind == "resnet":
-    return resnet.ResNet(arch["depth"], arch["num_classes"], width=arch.get("width", 64), rngs=rngs)
-  if kind == "face_encoder":
-    return resnet.FaceEncoder(arch["sizes"], arch["depth"], width=arch.get("width", 64), rngs=rngs)
-  if kind == "iresnet":
-    return arcface.IResNet(
-      arch["depth"],
-      input_size=arch.get("input_size", arcface.INPUT_SIZE),
-      width=arch.get("width", 64),
-      num_features=arch.get("num_features", arcface.EMBEDDING_SIZE),
-      rngs=rngs,
-    )
-  if kind == "unet":
-    return unet.UNet(arch["base"], in_features=arch.get("in_features", 6), rngs=rngs)
-  raise ValueError(f"unknown architecture record {dict(arch)}")
-
-
-def build_module(
-  arch: Mapping[str, Any],
-  params: Mapping[str, np.ndarray] | None = None,
-  *,
-  rngs: nnx.Rngs | None = None,
-  source: str = "<params>",
-) -> nnx.Module:
-  """Builds the network described by an ``__arch__`` record.
-
-  Args:
-    arch: the record (see :func:`convert_state_dict`).
-    params: flat Flax name -> array. When given, the module is built abstractly and filled with
-      them, skipping random initialisation (tens of seconds for ResNet-50 on a CPU).
-    rngs: initialisation RNGs when ``params`` is None.
-    source: name used in error messages.
-
-  Returns:
-    The module (training mode; call ``.eval()`` for inference).
-  """
-  if params is None:
-    return _construct(arch, rngs or nnx.Rngs(0))
-  abstract = nnx.eval_shape(lambda: _construct(arch, nnx.Rngs(0)))
-  target = {k: tuple(v.shape) for k, v in _flat_variables(abstract).items()}
-  _check_keys(target, params, [k for k in params if k not in target], source)
-  graphdef, state = nnx.split(abstract)
-  flat = nnx.to_flat_state(state)
-  values = {}
-  for path, var in flat:
-    key = ".".join(str(p) for p in path)
-    if key not in params:
-      raise ValueError(f"{source}: {key} holds non-parameter state that a file cannot fill")
-    values[path] = var.replace(jax.numpy.asarray(params[key], var.dtype))
-  return nnx.merge(graphdef, nnx.from_flat_state(values))
-
-
-def face_encoder_from_imagenet(sizes: Mapping[str, int], path: str) -> resnet.FaceEncoder:
-  """The FOCUS encoder initialised as the original: ImageNet backbone, zero head.
-
-  Args:
-    sizes: coefficient counts (``model.sizes`` of the morphable model).
-    path: ``.npz`` converted from a torchvision ResNet (``resnet50`` kind); its ``fc`` is
-      dropped.
-
-  Returns:
-    A :class:`~focus_jax.models.resnet.FaceEncoder` (training mode), built without random
-    initialisation.
-  """
-  arch, params = read_params(path)
-  if arch.get("kind") != "resnet":
-    raise ValueError(f"{path}: holds a {arch.get('kind')!r} network, expected a ResNet")
-  sizes = resnet.coefficient_sizes(sizes)
-  abstract = nnx.eval_shape(
-    lambda: resnet.FaceEncoder(sizes, arch["depth"], width=arch["width"], rngs=nnx.Rngs(0))
-  )
-  features = abstract.backbone.num_features
-  total = sum(sizes.values())
-  head = {
-    "backbone.fc.kernel": np.zeros((features, total), np.float32),
-    "backbone.fc.bias": np.zeros((total,), np.float32),
-  }
-  backbone = {f"backbone.{k}": v for k, v in params.items() if not k.startswith("fc.")}
-  encoder_arch = {"kind": "face_encoder", "depth": arch["depth"], "width": arch["width"]}
-  return build_module({**encoder_arch, "sizes": sizes}, {**backbone, **head}, source=path)
-
-
-def load_module(path: str) -> nnx.Module:
-  """Builds the network stored in a converted ``.npz`` with its weights (training mode)."""
-  arch, params = read_params(path)
-  return build_module(arch, params, source=path)
-
-
 _UNET_BLOCK = {"0": "conv1", "1": "bn1", "3": "conv2", "4": "bn2"}
 
 
@@ -376,7 +279,7 @@ def _encoder_sizes(attributes: Mapping[str, Any], fc_rows: int, source: str) -> 
     # Without the indices assume the BFM split of SPEC §1 (80 / 64 / 80).
     sizes = {"shape": 80, "expression": 64, "color": 80}
     _log.warning("%s: no coefficient indices in the pickle; assuming %s", source, sizes)
-  total = sum(sizes.values()) + resnet.POSE_SIZE + resnet.LIGHT_SIZE
+  total = sum(sizes.values()) + coefficients.POSE_SIZE + coefficients.LIGHT_SIZE
   if total != fc_rows:
     raise ValueError(f"{source}: head has {fc_rows} outputs but sizes {sizes} (+6+27) need {total}")
   return sizes
@@ -420,13 +323,8 @@ def convert_state_dict(
     state = {_rename_focus_unet(k): v for k, v in state.items()}
   else:
     raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-  target = nnx.eval_shape(lambda: build_module(arch))
+  target = nnx.eval_shape(lambda: weights.build_module(arch))
   return arch, torch_to_flax(state, target, source)
-
-
-def _flat_variables(module: nnx.Module) -> dict[str, nnx.Variable]:
-  flat = nnx.to_flat_state(nnx.state(module, (nnx.Param, nnx.BatchStat)))
-  return {".".join(str(p) for p in path): var for path, var in flat}
 
 
 def torch_to_flax(
@@ -445,7 +343,7 @@ def torch_to_flax(
   Raises:
     ValueError: listing unexpected, missing and mis-shaped keys.
   """
-  target = {k: tuple(v.shape) for k, v in _flat_variables(module).items()}
+  target = {k: tuple(v.shape) for k, v in weights.flat_variables(module).items()}
   out, unexpected = {}, []
   for key, value in state.items():
     prefix, _, leaf = key.rpartition(".")
@@ -465,112 +363,8 @@ def torch_to_flax(
       # conv (O, I, kh, kw) -> (kh, kw, I, O); linear (O, I) -> (I, O).
       value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
     out[flax_key] = np.ascontiguousarray(value, dtype=np.float32)
-  _check_keys(target, out, unexpected, source)
+  weights.check_keys(target, out, unexpected, source)
   return out
-
-
-def _check_keys(
-  target: Mapping[str, tuple[int, ...]],
-  params: Mapping[str, np.ndarray],
-  unexpected: Iterable[str],
-  source: str,
-) -> None:
-  unexpected = sorted(unexpected)
-  missing = sorted(set(target) - set(params))
-  shapes = [
-    f"{k}: got {tuple(v.shape)}, expected {target[k]}"
-    for k, v in sorted(params.items())
-    if k in target and tuple(v.shape) != target[k]
-  ]
-  problems = []
-  for title, items in (("unexpected keys", unexpected), ("missing keys", missing)):
-    if items:
-      problems.append(f"{len(items)} {title}: {_short(items)}")
-  if shapes:
-    problems.append(f"{len(shapes)} shape mismatches: {_short(shapes)}")
-  if problems:
-    raise ValueError(f"{source}: weights do not fit the network; " + "; ".join(problems))
-
-
-def _short(items: list[str]) -> str:
-  more = f", ... ({len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
-  return ", ".join(items[:_LIST_LIMIT]) + more
-
-
-# ------------------------------------------------------------------------- .npz save and load
-
-
-def save_params(path: str, params: Mapping[str, np.ndarray], arch: Mapping[str, Any]) -> None:
-  """Writes ``params`` and the ``__arch__`` record to ``path`` (.npz) atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **{ARCH_KEY: np.array(json.dumps(dict(arch)))}, **params)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def read_params(path: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Reads ``(arch, params)`` from a ``.npz`` written by :func:`save_params`."""
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files}
-  except (OSError, ValueError) as err:
-    raise ValueError(f"{path}: not a focus_jax weights .npz ({err})") from err
-  if ARCH_KEY not in arrays:
-    raise ValueError(f"{path}: missing the {ARCH_KEY!r} record (not written by focus_jax)")
-  return json.loads(str(arrays.pop(ARCH_KEY))), arrays
-
-
-def assign_params(
-  module: nnx.Module,
-  params: Mapping[str, np.ndarray],
-  *,
-  ignore: Iterable[str] = (),
-  source: str = "<params>",
-) -> None:
-  """Writes flat ``params`` (Flax names) into ``module``'s parameters and BatchNorm stats.
-
-  Args:
-    module: the network to update in place.
-    params: flat name -> array, e.g. from :func:`read_params`.
-    ignore: name prefixes skipped on both sides (e.g. ``('fc.',)`` to keep a new head).
-    source: name used in error messages.
-
-  Raises:
-    ValueError: listing unexpected, missing and mis-shaped keys (nothing is written then).
-  """
-  ignore = tuple(ignore)
-  variables = {k: v for k, v in _flat_variables(module).items() if not k.startswith(ignore)}
-  params = {k: v for k, v in params.items() if not k.startswith(ignore)}
-  target = {k: tuple(v.shape) for k, v in variables.items()}
-  _check_keys(target, params, [k for k in params if k not in target], source)
-  flat = nnx.to_flat_state(nnx.state(module, (nnx.Param, nnx.BatchStat)))
-  updates = {
-    path: var.replace(jax.numpy.asarray(params[key], var.dtype))
-    for path, var in flat
-    if (key := ".".join(str(p) for p in path)) in params
-  }
-  nnx.update(module, nnx.from_flat_state(updates))
-
-
-def load_params(module: nnx.Module, path: str, *, ignore: Iterable[str] = ()) -> dict[str, Any]:
-  """Loads a converted ``.npz`` into ``module`` in place; returns its ``__arch__`` record.
-
-  Args:
-    module: network whose structure matches the file (see :func:`build_module`).
-    path: ``.npz`` from :func:`save_params` / the CLI.
-    ignore: name prefixes to skip (e.g. ``('fc.',)``: ImageNet ResNet into the FOCUS encoder's
-      backbone, whose zero head is kept).
-  """
-  arch, params = read_params(path)
-  assign_params(module, params, ignore=ignore, source=path)
-  return arch
 
 
 def convert_file(kind: str, source: str, out: str) -> dict[str, Any]:
@@ -582,7 +376,7 @@ def convert_file(kind: str, source: str, out: str) -> dict[str, Any]:
   else:
     state, attributes = load_torch_state_dict(source), {}
   arch, params = convert_state_dict(kind, state, attributes, source)
-  save_params(out, params, arch)
+  weights.save_params(out, params, arch)
   return arch
 
 

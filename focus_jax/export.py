@@ -12,37 +12,38 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import sys
 
 import numpy as np
 
-from focus_jax import mesh_io
+from focus_jax import files
+from focus_jax.render import coefficients
 from focus_jax.render import morphable_model as mm
 
 
 def save_npy(path: str, array: np.ndarray) -> None:
   """``np.save`` written atomically."""
-  mesh_io.atomic_write(path, lambda f: np.save(f, array))
+  files.atomic_write(path, lambda f: np.save(f, array))
 
 
-def export_face(prefix: str, model: mm.MorphableModel, coeffs: dict) -> None:
-  """Writes ``PREFIX.obj`` (neutral expression), ``PREFIX_lmk7.npy`` and ``PREFIX_coeffs.npz``."""
+def export_face(prefix: str, model: mm.MorphableModel, coeffs: coefficients.Coefficients) -> None:
+  """Writes ``PREFIX.obj`` (neutral expression), ``PREFIX_lmk7.npy`` and ``PREFIX_coeffs.npz``
+  (one array per coefficient group, keys ``shape, expression, color, pose, light``)."""
   neutral = np.asarray(
-    mm.vertices(model, coeffs["shape"], np.zeros(model.sizes["expression"], np.float32))
+    mm.vertices(model, coeffs.shape, np.zeros(model.sizes["expression"], np.float32))
   )
-  mesh_io.write_obj(f"{prefix}.obj", neutral, np.asarray(model.triangles))
+  files.write_obj(f"{prefix}.obj", neutral, np.asarray(model.triangles))
   save_npy(f"{prefix}_lmk7.npy", neutral[np.asarray(model.now_landmarks)])
-  mesh_io.atomic_write(
-    f"{prefix}_coeffs.npz", lambda f: np.savez(f, **{k: np.asarray(v) for k, v in coeffs.items()})
-  )
+  files.save_npz(f"{prefix}_coeffs.npz", {k: np.asarray(v) for k, v in coeffs.to_dict().items()})
 
 
 def save_png(path: str, image: np.ndarray) -> None:
   """Saves an RGB image ``(H, W, 3)`` in [0, 1] (clipped) as PNG, atomically."""
-  import PIL.Image
-
   pixels = (np.clip(np.asarray(image), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-  mesh_io.atomic_write(path, lambda f: PIL.Image.fromarray(pixels).save(f, format="PNG"))
+  files.write_png(path, pixels)
 
 
 # SH band-1 coefficients of a soft light from the upper left of the camera (per channel, 9 terms),
@@ -50,68 +51,82 @@ def save_png(path: str, image: np.ndarray) -> None:
 KEY_LIGHT = np.array([0.0, 0.4, -0.3, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
 
 
-def sample_coefficients(model: mm.MorphableModel, num: int, seed: int) -> list[dict]:
-  """The mean face (frontal, key light) then ``num`` faces drawn from the prior.
+# Export's prior: shape and color N(0, 1), expression N(0, 0.5); pitch, yaw and roll up to 0.15,
+# 0.5 (~30 degrees) and 0.1 rad, no translation; a white band-1 light of random direction on top
+# of the renderer's ambient term.
+EXPORT_RANGES = coefficients.PriorRanges(
+  expression_std=0.5, rotation=(0.15, 0.5, 0.1), band_std=(0.5, 0.0)
+)
 
-  Shape and color coefficients are N(0, 1) (the model's standard deviations), expression
-  N(0, 0.5); yaw up to +-30 degrees; light = a random direction on top of the ambient term.
-  """
+
+def sample_coefficients(
+  model: mm.MorphableModel, num: int, seed: int
+) -> list[coefficients.Coefficients]:
+  """The mean face (frontal, :data:`KEY_LIGHT`) then ``num`` faces drawn within
+  :data:`EXPORT_RANGES`."""
   rng = np.random.default_rng(seed)
-  sizes = model.sizes
-  faces = [{
-      "shape": np.zeros(sizes["shape"], np.float32),
-      "expression": np.zeros(sizes["expression"], np.float32),
-      "color": np.zeros(sizes["color"], np.float32),
-      "pose": np.zeros(6, np.float32),
-      "light": np.tile(KEY_LIGHT, 3),
-  }]  # fmt: skip
-  for _ in range(num):
-    light = np.zeros((3, 9), np.float32)
-    light[:, 1:4] = rng.normal(0.0, 0.5, 3)  # same direction in every channel: white light
-    faces.append({
-        "shape": rng.normal(size=sizes["shape"]).astype(np.float32),
-        "expression": (0.5 * rng.normal(size=sizes["expression"])).astype(np.float32),
-        "color": rng.normal(size=sizes["color"]).astype(np.float32),
-        "pose": np.array([rng.uniform(-0.15, 0.15), rng.uniform(-0.5, 0.5), rng.uniform(-0.1, 0.1),
-                          0.0, 0.0, 0.0], np.float32),
-        "light": light.reshape(-1),
-    })  # fmt: skip
-  return faces
+  mean = coefficients.Coefficients.zeros(model.sizes)
+  mean = dataclasses.replace(mean, light=np.tile(KEY_LIGHT, 3))
+  return [mean] + [coefficients.sample(rng, model.sizes, EXPORT_RANGES) for _ in range(num)]
 
 
-def main(argv) -> None:
-  del argv
-  import jax
+def export(out: str, model: str = "embedded", num: int = 7, seed: int = 0) -> dict:
+  """Writes the mean face and ``num`` random faces of a model (module docs) into ``out``.
 
-  from focus_jax import model_zoo
+  Args:
+    out: output directory (created if missing).
+    model: spec of ``facemodels.zoo.load_model``: embedded, embedded-bfm, ict or a BFM h5 path.
+    num: random faces besides the mean face.
+    seed: seed of the random coefficients.
+
+  Returns:
+    ``{"model": model, "vertices": V, "triangles": F, "faces": num + 1}``.
+  """
+  from focus_jax.facemodels import zoo
   from focus_jax.render import pipeline
 
-  model = model_zoo.load_model(FLAGS.model)
-  faces = sample_coefficients(model, FLAGS.num, FLAGS.seed)
+  face_model = zoo.load_model(model)
+  faces = sample_coefficients(face_model, num, seed)
   for i, coeffs in enumerate(faces):
-    export_face(os.path.join(FLAGS.out, f"face_{i:03d}"), model, coeffs)
-  batch = jax.tree.map(lambda *xs: np.stack(xs), *faces)
-  out = pipeline.render_batch(model, batch, 224, 224)
-  images = np.asarray(out.image)
+    export_face(os.path.join(out, f"face_{i:03d}"), face_model, coeffs)
+  batch = coefficients.stack(faces)
+  images = np.asarray(pipeline.render_batch(face_model, batch, 224, 224).image)
   cols = min(len(images), 4)
   rows = -(-len(images) // cols)
   grid = np.zeros((rows * 224, cols * 224, 3), np.float32)
   for i, img in enumerate(images):
     r, c = divmod(i, cols)
     grid[r * 224 : (r + 1) * 224, c * 224 : (c + 1) * 224] = img
-  save_png(os.path.join(FLAGS.out, "renders.png"), grid)
-  print(
-    f"model {FLAGS.model}: {model.num_vertices} vertices, {model.num_triangles} triangles; "
-    f"wrote {len(faces)} faces (.obj, _lmk7.npy, _coeffs.npz) and renders.png to {FLAGS.out}"
+  save_png(os.path.join(out, "renders.png"), grid)
+  return {
+    "model": model,
+    "vertices": int(face_model.num_vertices),
+    "triangles": int(face_model.num_triangles),
+    "faces": len(faces),
+  }
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(
+    prog="python -m focus_jax.export", description=__doc__.split("\n\n")[0]
   )
+  parser.add_argument(
+    "--model", default="embedded", help="embedded | embedded-bfm | ict | path to a BFM h5"
+  )
+  parser.add_argument("--out", default="out/export", help="output directory")
+  parser.add_argument(
+    "--num", type=int, default=7, help="number of random faces besides the mean face"
+  )
+  parser.add_argument("--seed", type=int, default=0, help="random seed")
+  args = parser.parse_args(argv)
+  summary = export(args.out, args.model, args.num, args.seed)
+  print(
+    f"model {summary['model']}: {summary['vertices']} vertices, {summary['triangles']} "
+    f"triangles; wrote {summary['faces']} faces (.obj, _lmk7.npy, _coeffs.npz) and renders.png "
+    f"to {args.out}"
+  )
+  return 0
 
 
 if __name__ == "__main__":
-  from absl import app, flags
-
-  flags.DEFINE_string("model", "embedded", "embedded | embedded-bfm | ict | path to a BFM h5")
-  flags.DEFINE_string("out", "out/export", "output directory")
-  flags.DEFINE_integer("num", 7, "number of random faces besides the mean face")
-  flags.DEFINE_integer("seed", 0, "random seed")
-  FLAGS = flags.FLAGS
-  app.run(main)
+  sys.exit(main())

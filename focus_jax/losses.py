@@ -19,14 +19,12 @@ takes, and divisions by areas are clamped to at least one pixel as in the origin
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
-from focus_jax.render import morphable_model
+from focus_jax.facemodels import landmarks as ibug
 
 PHOTOMETRIC_SIGMA = 0.043
 BACKGROUND_SIGMAS = 3.0
@@ -143,7 +141,7 @@ def landmark_loss(
     landmarks: ``(B, 68, 2)`` float32 ground-truth pixel landmarks.
     projected: ``(B, 68, 2)`` float32 projected model landmarks.
     weights: ``(68,)`` float32 per-landmark weights; ``None`` uses
-      ``morphable_model.landmark_weights()`` (20 on iBUG 28..30 and 60..67, else 1), the same
+      ``ibug.landmark_weights()`` (20 on iBUG 28..30 and 60..67, else 1), the same
       values as ``model.landmark_weights``.
 
   Returns:
@@ -153,7 +151,7 @@ def landmark_loss(
   if projected.shape != landmarks.shape:
     raise ValueError(f"projected: shape {projected.shape} differs from landmarks {landmarks.shape}")
   if weights is None:
-    weights = morphable_model.landmark_weights()
+    weights = ibug.landmark_weights()
   weights = jnp.asarray(weights, landmarks.dtype)
   if weights.shape != landmarks.shape[1:2]:
     raise ValueError(f"weights: expected shape ({landmarks.shape[1]},), got {weights.shape}")
@@ -397,88 +395,9 @@ def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> ja
   return jnp.mean(jnp.maximum(logits, 0.0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits))))
 
 
-# --------------------------------------------------------------------------------------------
-# Weightings of SPEC §7.
-
-
-class _Weights:
-  """Shared behaviour of the weight groups: a weighted sum over exactly their terms."""
-
-  def as_dict(self) -> dict[str, float]:
-    return dataclasses.asdict(self)
-
-  def total(self, terms: Mapping[str, jax.Array]) -> jax.Array:
-    """``sum_k w_k * terms[k]`` over this group's terms; ``terms`` must hold exactly those keys."""
-    weights = self.as_dict()
-    if set(terms) != set(weights):
-      raise ValueError(
-        f"{type(self).__name__}: loss terms {sorted(terms)} do not match the weighted terms "
-        f"{sorted(weights)}"
-      )
-    return sum(weights[k] * terms[k] for k in sorted(weights))
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage1Weights(_Weights):
-  """Stage 1 (autoencoder pretraining) loss weights."""
-
-  photometric: float = 0.5
-  stat_reg: float = 0.1
-  landmarks: float = 5e-4
-  perceptual: float = 0.25
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetPretrainWeights(_Weights):
-  """Stage 3 (UNet pretraining on the stage-1 pseudo labels) loss weights."""
-
-  bce: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderWeights(_Weights):
-  """Stage 4 (EM) encoder-step loss weights."""
-
-  masked_rec: float = 0.5
-  perceptual: float = 0.25
-  stat_reg: float = 0.1
-  landmarks: float = 5e-4
-  area: float = 0.06
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetWeights(_Weights):
-  """Stage 4 (EM) UNet-step loss weights."""
-
-  binary: float = 10.0
-  area: float = 0.5
-  preserve: float = 0.25
-  dist: float = 3.0
-  neighbour: float = 15.0
-
-
-@dataclasses.dataclass(frozen=True)
-class FocusLossWeights:
-  """All loss weightings of the FOCUS training stages (SPEC §7), in one place.
-
-  ``FocusLossWeights().encoder.total({'masked_rec': ..., 'perceptual': ..., ...})`` gives the
-  weighted loss of one stage; a missing or extra term raises ``ValueError``.
-  """
-
-  stage1: Stage1Weights = dataclasses.field(default_factory=Stage1Weights)
-  unet_pretrain: UNetPretrainWeights = dataclasses.field(default_factory=UNetPretrainWeights)
-  encoder: EncoderWeights = dataclasses.field(default_factory=EncoderWeights)
-  unet: UNetWeights = dataclasses.field(default_factory=UNetWeights)
-
-
 __all__ = [
   "BACKGROUND_SIGMAS",
   "PHOTOMETRIC_SIGMA",
-  "EncoderWeights",
-  "FocusLossWeights",
-  "Stage1Weights",
-  "UNetPretrainWeights",
-  "UNetWeights",
   "area_loss",
   "binary_cross_entropy_with_logits",
   "binary_loss",

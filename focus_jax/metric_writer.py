@@ -12,6 +12,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 
 class MetricWriter:
@@ -19,6 +20,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.workdir = workdir
     self._jsonl = None
     self._events = None
     if self.enabled:
@@ -43,11 +45,41 @@ class MetricWriter:
       Event(wall_time=time.time(), step=int(step), summary=Summary(value=values))
     )
 
+  def write_image(self, step: int, tag: str, image) -> None:
+    """Writes an ``(H, W, 3)`` uint8 image to TensorBoard and as ``images/<tag>_<step>.png``."""
+    if not self.enabled:
+      return
+    import cv2
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    from focus_jax import files
+
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+      raise OSError(f"could not encode the {tag} image of step {step}")
+    h, w = image.shape[:2]
+    summary = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=png.tobytes())
+    self._events.add_event(
+      Event(
+        wall_time=time.time(),
+        step=int(step),
+        summary=Summary(value=[Summary.Value(tag=tag, image=summary)]),
+      )
+    )
+    name = tag.replace("/", "_")
+    files.write_bytes(os.path.join(self.workdir, "images", f"{name}_{step:08d}.png"), png.tobytes())
+
   def write_text(self, name: str, text: str) -> None:
     """Records a note (e.g. which losses are disabled) in the JSONL stream."""
     if self.enabled:
       self._jsonl.write(json.dumps({"note": name, "text": text}) + "\n")
       self._jsonl.flush()
+
+  def flush(self) -> None:
+    """Pushes buffered TensorBoard events to disk (JSONL lines are flushed as written)."""
+    if self.enabled:
+      self._events.flush()
 
   def close(self) -> None:
     if self.enabled:

@@ -26,6 +26,7 @@ import sys
 
 import numpy as np
 
+from focus_jax import files
 from focus_jax.data import layout
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,8 @@ class LandmarkDetector:
 def find_images(directory: str) -> list[str]:
   """Photos under ``directory`` (relative paths, sorted), masks excluded."""
   found = []
-  for base, _, files in os.walk(directory):
-    for f in files:
+  for base, _, names in os.walk(directory):
+    for f in names:
       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.endswith(layout.MASK_SUFFIX):
         found.append(os.path.relpath(os.path.join(base, f), directory))
   return sorted(found)
@@ -122,14 +123,20 @@ def _read_cache(path: str) -> dict[str, dict]:
 
 
 def _place(src: str, dst: str, link: bool) -> None:
+  """Copies (or symlinks) ``src`` to ``dst`` unless ``dst`` exists; either appears whole."""
   if os.path.lexists(dst):
     return
-  tmp = f"{dst}.tmp{os.getpid()}"
   if link:
+    tmp = f"{dst}.tmp{os.getpid()}"
     os.symlink(os.path.abspath(src), tmp)
-  else:
-    shutil.copyfile(src, tmp)
-  os.replace(tmp, dst)
+    os.replace(tmp, dst)
+    return
+
+  def copy(f):
+    with open(src, "rb") as source:
+      shutil.copyfileobj(source, f)
+
+  files.atomic_write(dst, copy)
 
 
 def prepare(
@@ -227,10 +234,7 @@ def prepare(
     ],
     "splits": {k: len(p) for k, p in zip(("train", "val", "test"), parts, strict=True)},
   }
-  tmp = os.path.join(out, f".{REPORT_FILE}.tmp")
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=1)
-  os.replace(tmp, os.path.join(out, REPORT_FILE))
+  files.write_json(os.path.join(out, REPORT_FILE), report)
   return report
 
 

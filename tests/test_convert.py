@@ -19,7 +19,7 @@ import pytest
 from flax import nnx
 
 from focus_jax import convert
-from focus_jax.models import arcface, resnet
+from focus_jax.models import arcface, resnet, weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -270,7 +270,7 @@ def test_resnet50_matches_torchvision_layout():
     expected = net(_torch_nchw(images)).numpy()
   arch, params = convert.convert_state_dict("resnet50", _state(net))
   assert arch == {"kind": "resnet", "depth": 50, "num_classes": 1000, "width": 64}
-  module = convert.build_module(arch, params)
+  module = weights.build_module(arch, params)
   module.eval()
   got = np.asarray(_apply(module, jnp.asarray(images)))
   assert np.abs(expected).max() > 0.1  # The comparison is not against a vanishing signal.
@@ -287,7 +287,7 @@ def test_iresnet50_deep_and_shallow_match_arcface_torch():
     shallow = net(x, shallow=True).numpy().transpose(0, 2, 3, 1)
   arch, params = convert.convert_state_dict("arcface", _state(net))
   assert arch["depth"] == 50 and arch["input_size"] == 112
-  module = convert.build_module(arch, params)
+  module = weights.build_module(arch, params)
   module.eval()
   got = _apply(module, jnp.asarray(images))
   assert got.shallow.shape == (1, 56, 56, 64)
@@ -316,7 +316,7 @@ def test_focus_unet_pickled_module_converts(tmp_path):
   )
   arch = convert.convert_file("focus-unet", src, out)
   assert arch == {"kind": "unet", "base": 4, "in_features": 6}
-  module = convert.load_module(out)
+  module = weights.load_module(out)
   module.eval()
   render, image = _images((2, 32, 32, 3), 5), _images((2, 32, 32, 3), 6)
   with torch.no_grad():
@@ -338,17 +338,17 @@ def test_focus_encoder_pickled_module_converts(tmp_path):
   arch = convert.convert_file("focus-encoder", src, out)
   assert arch["sizes"] == {"shape": 10, "expression": 5, "color": 8}
   assert arch["depth"] == 18 and arch["width"] == 16
-  module = convert.load_module(out)
+  module = weights.load_module(out)
   module.eval()
   images = _images((2, 64, 64, 3), 8)
   with torch.no_grad():
     raw = net(_torch_nchw(images)).numpy()
   got = _apply(module, jnp.asarray(images))
-  np.testing.assert_allclose(np.asarray(got["shape"]), raw[:, :10], atol=ATOL, rtol=0)
-  np.testing.assert_allclose(np.asarray(got["color"]), 3 * raw[:, 15:23], atol=3 * ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(got.shape), raw[:, :10], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(got.color), 3 * raw[:, 15:23], atol=3 * ATOL, rtol=0)
   pose_scale = np.array([0.3, 0.3, 0.3, 1, 1, 0.005], np.float32)
-  np.testing.assert_allclose(np.asarray(got["pose"]), pose_scale * raw[:, 23:29], atol=ATOL)
-  np.testing.assert_allclose(np.asarray(got["light"]), raw[:, 29:], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(got.pose), pose_scale * raw[:, 23:29], atol=ATOL)
+  np.testing.assert_allclose(np.asarray(got.light), raw[:, 29:], atol=ATOL, rtol=0)
 
 
 def test_restricted_unpickler_executes_nothing(tmp_path):
@@ -384,25 +384,25 @@ def test_cli_roundtrip_and_load_params(tmp_path):
   src, out = str(tmp_path / "r18.pth"), str(tmp_path / "sub" / "r18.npz")
   torch.save(net.state_dict(), src)
   assert convert.main(["resnet50", src, "--out", out]) == 0
-  arch, params = convert.read_params(out)
+  arch, params = weights.read_params(out)
   assert arch["depth"] == 18 and params["conv1.kernel"].shape == (7, 7, 3, 8)
   # Loading into a freshly initialised module (rbg keys: far cheaper to compile on CPU).
   module = resnet.ResNet(18, 5, width=8, rngs=nnx.Rngs(jax.random.key(1, impl="rbg")))
-  assert convert.load_params(module, out) == arch
+  assert weights.load_params(module, out) == arch
   module.eval()
   images = _images((1, 32, 32, 3), 11)
   with torch.no_grad():
     expected = net(_torch_nchw(images)).numpy()
   np.testing.assert_allclose(np.asarray(_apply(module, images)), expected, atol=ATOL, rtol=0)
   # The FOCUS encoder: ImageNet backbone, zero head.
-  encoder = convert.face_encoder_from_imagenet({"shape": 4, "expression": 3, "color": 4}, out)
+  encoder = weights.face_encoder_from_imagenet({"shape": 4, "expression": 3, "color": 4}, out)
   np.testing.assert_array_equal(encoder.backbone.conv1.kernel[...], params["conv1.kernel"])
   assert encoder.backbone.fc.kernel.shape == (64, 44) and not np.any(
     encoder.backbone.fc.kernel[...]
   )
   wrong = nnx.eval_shape(lambda: resnet.ResNet(18, 5, width=16, rngs=nnx.Rngs(1)))
   with pytest.raises(ValueError, match=r"shape mismatches: .*conv1.kernel: got \(7, 7, 3, 8\)"):
-    convert.load_params(wrong, out)
+    weights.load_params(wrong, out)
   assert convert.main(["arcface", src, "--out", str(tmp_path / "x.npz")]) == 1
 
 
@@ -417,24 +417,25 @@ def test_load_arcface_weights_npz_and_pth(tmp_path, caplog):
     deep = net(_torch_nchw(2 * images - 1))
     deep = (deep / deep.norm(dim=-1, keepdim=True)).numpy()
   with caplog.at_level(logging.WARNING):
-    for path in (npz, pth):
-      network, record = arcface.load_arcface_or_none(path)
-      assert isinstance(network, arcface.IResNet)
-      assert record == {k: f"enabled: {path}" for k in ("perceptual", "preserve", "dist")}
-      got = _apply(network, jnp.asarray(images))  # Loaded in eval mode.
-      np.testing.assert_allclose(np.asarray(got.deep), deep, atol=ATOL, rtol=0)
+    network, record = weights.load_arcface_or_none(npz)
+    assert isinstance(network, arcface.IResNet)
+    assert record == {k: f"enabled: {npz}" for k in ("perceptual", "preserve", "dist")}
+    got = _apply(network, jnp.asarray(images))  # Loaded in eval mode.
+    np.testing.assert_allclose(np.asarray(got.deep), deep, atol=ATOL, rtol=0)
   assert not caplog.records
+  with pytest.raises(ValueError, match="a PyTorch file; convert it once"):
+    weights.load_arcface_or_none(pth)
   bad = str(tmp_path / "unet.npz")
-  convert.save_params(bad, {}, {"kind": "unet", "base": 4})
+  weights.save_params(bad, {}, {"kind": "unet", "base": 4})
   with pytest.raises(ValueError, match="expected ArcFace"):
-    arcface.load_arcface_or_none(bad)
+    weights.load_arcface_or_none(bad)
 
 
 def test_npz_arch_record_is_json(tmp_path):
   path = str(tmp_path / "p.npz")
-  convert.save_params(path, {"a.kernel": np.ones((2, 2), np.float32)}, {"kind": "resnet"})
+  weights.save_params(path, {"a.kernel": np.ones((2, 2), np.float32)}, {"kind": "resnet"})
   with np.load(path, allow_pickle=False) as data:
     assert json.loads(str(data["__arch__"])) == {"kind": "resnet"}
   (tmp_path / "junk.npz").write_text("junk")
   with pytest.raises(ValueError, match="not a focus_jax weights"):
-    convert.read_params(str(tmp_path / "junk.npz"))
+    weights.read_params(str(tmp_path / "junk.npz"))

@@ -3,8 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from focus_jax import embedded_model
 from focus_jax.data import alignment, toy
+from focus_jax.facemodels import landmarks as ibug
 
 
 def _reference(image, lm, table):
@@ -34,7 +34,7 @@ def _reference(image, lm, table):
 
 def test_matches_independent_deep3d_computation():
   rng = np.random.default_rng(0)
-  table = embedded_model.standard_landmarks() / 100.0
+  table = ibug.standard_landmarks() / 100.0
   for width, height in ((96, 80), (150, 210)):
     image, lm, _ = toy.make_sample(rng, width, height)
     lm = lm + rng.normal(0, 0.7, lm.shape).astype(np.float32)  # not an exact similarity
@@ -46,7 +46,7 @@ def test_matches_independent_deep3d_computation():
 
 
 def test_pos_recovers_a_known_similarity():
-  table = embedded_model.standard_landmarks() / 100.0
+  table = ibug.standard_landmarks() / 100.0
   k, c = 37.5, np.array([61.0, 44.0])
   lm = c + k * table[:, :2] * np.array([1.0, -1.0])  # image y down
   params = alignment.estimate(lm, 128, 96)

@@ -4,12 +4,14 @@ landmark vertices; ground-truth arrays match the coefficients."""
 import dataclasses
 import os
 
+import chex
 import jax
 import numpy as np
 import pytest
 
 from focus_jax import testing
 from focus_jax.data import layout, occluders, synthetic, toy
+from focus_jax.render import coefficients
 
 
 def _disc_face(size=96):
@@ -60,12 +62,13 @@ def test_generator_ground_truth_matches_renderer(tmp_path):
   assert stats["num"] == 3
   records = {r.name: r for r in layout.read_split(out, "all")}  # the layout validates
   gt = np.load(os.path.join(out, layout.GROUNDTRUTH_FILE))
-  keys = ("shape", "expression", "color", "pose", "light")
+  batch = coefficients.Coefficients.from_dict({k: gt[k] for k in coefficients.GROUPS})
+  chex.assert_shape(jax.tree.leaves(batch), (3, None))
   # render_faces is jit(pipeline.render_batch) (plus vertices); the same batch shape as the
   # generator's reuses its compilation.
-  refs = jax.device_get(synthetic.render_faces(model, {k: gt[k] for k in keys}))
+  refs = jax.device_get(synthetic.render_faces(model, batch))
   for i, name in enumerate(gt["names"]):
-    coeffs = {k: gt[k][i] for k in keys}
+    coeffs = jax.tree.map(lambda a, i=i: a[i], batch)
     ref = {k: v[i] for k, v in refs.items()}
     render_mask = ref["mask"] > 0.5
     path = os.path.join(out, layout.IMAGE_DIR, str(name))
@@ -80,8 +83,8 @@ def test_generator_ground_truth_matches_renderer(tmp_path):
     occluded = render_mask & ~visible
     assert (diff[occluded] > 1.0).mean() > 0.99 if occluded.any() else True
     # Landmarks: the renderer's and the projected landmark vertices.
-    verts = mm.vertices(model, coeffs["shape"], coeffs["expression"])
-    cam = camera.camera_from_pose(coeffs["pose"], 224, 224)
+    verts = mm.vertices(model, coeffs.shape, coeffs.expression)
+    cam = camera.camera_from_pose(coeffs.pose, 224, 224)
     projected = np.asarray(camera.project(cam, verts))[np.asarray(model.landmarks), :2]
     np.testing.assert_allclose(records[str(name)].landmarks, projected, atol=6e-3)
     np.testing.assert_allclose(gt["landmarks"][i], ref["landmarks"], atol=1e-3)

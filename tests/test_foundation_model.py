@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focus_jax import embedded_model
+from focus_jax.facemodels import bfm2017, embedded
+from focus_jax.facemodels import landmarks as ibug
 from focus_jax.render import morphable_model as mm
 
 
@@ -42,13 +43,13 @@ def _tiny_arrays(rng, n_vertices=12, k=(4, 3, 5)):
 def tiny(tmp_path):
   arrays = _tiny_arrays(np.random.default_rng(0))
   path = tmp_path / "tiny.h5"
-  mm.write_bfm2017(path, **arrays)
+  bfm2017.write_bfm2017(path, **arrays)
   return path, arrays
 
 
 def test_loader_round_trip(tiny):
   path, a = tiny
-  model = mm.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
+  model = bfm2017.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
   n = a["points"].shape[0]
   np.testing.assert_allclose(model.shape_mean, a["points"] - [0, 0, 100], atol=1e-4)
   mean, basis, var = a["shape"]
@@ -80,7 +81,7 @@ def test_loader_round_trip(tiny):
 def test_truncation_and_fewer_components(tiny, caplog):
   path, _ = tiny
   with caplog.at_level(logging.WARNING):
-    model = mm.load_bfm2017(path, n_shape=2, n_exp=10, n_color=5)
+    model = bfm2017.load_bfm2017(path, n_shape=2, n_exp=10, n_color=5)
   assert model.sizes == {"shape": 2, "expression": 3, "color": 5}
   assert any("'expression' has 3 components, 10 requested" in r.message for r in caplog.records)
 
@@ -89,36 +90,36 @@ def test_landmark_sources(tmp_path):
   a = _tiny_arrays(np.random.default_rng(2))
   without = dict(a, ibug68=None, now7=None)
   path = tmp_path / "nolm.h5"
-  mm.write_bfm2017(path, **without)
+  bfm2017.write_bfm2017(path, **without)
   with pytest.raises(ValueError, match="nolm.h5.*no 'landmarks/ibug68'.*pass landmarks="):
-    mm.load_bfm2017(path)
+    bfm2017.load_bfm2017(path)
   lm, now = np.arange(68) % 12, np.arange(7)
-  model = mm.load_bfm2017(path, landmarks=(lm, now))
+  model = bfm2017.load_bfm2017(path, landmarks=(lm, now))
   np.testing.assert_array_equal(model.landmarks, lm)
   with pytest.raises(ValueError, match=r"landmark \(the landmarks= argument\) indices"):
-    mm.load_bfm2017(path, landmarks=(lm + 100, now))
+    bfm2017.load_bfm2017(path, landmarks=(lm + 100, now))
 
 
 def test_bfm2017_default_landmarks(tmp_path):
-  n = mm.BFM2017_NUM_VERTICES
+  n = bfm2017.BFM2017_NUM_VERTICES
   pts = np.zeros((n, 3))
   one = lambda m: (m.reshape(-1), np.eye(3 * n, 1), np.ones(1))
   path = tmp_path / "bfm_like.h5"
-  mm.write_bfm2017(path, points=pts, triangles=np.array([[0, 1, 2]]), shape=one(pts),
+  bfm2017.write_bfm2017(path, points=pts, triangles=np.array([[0, 1, 2]]), shape=one(pts),
                    expression=one(pts), color=one(pts))  # fmt: skip
-  model = mm.load_bfm2017(path)
-  np.testing.assert_array_equal(model.landmarks, mm.BFM2017_IBUG68)
-  np.testing.assert_array_equal(model.now_landmarks, mm.BFM2017_NOW7)
+  model = bfm2017.load_bfm2017(path)
+  np.testing.assert_array_equal(model.landmarks, bfm2017.BFM2017_IBUG68)
+  np.testing.assert_array_equal(model.now_landmarks, bfm2017.BFM2017_NOW7)
 
 
 def test_crop_reindexes_and_remaps(tiny):
   path, a = tiny
-  full = mm.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
+  full = bfm2017.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
   keep = np.ones(12, bool)
   lm_set = set(a["ibug68"].tolist()) | set(a["now7"].tolist())
   dropped = [i for i in range(12) if i not in lm_set]
   keep[dropped[0]] = False
-  cropped = mm.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5, crop=keep)
+  cropped = bfm2017.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5, crop=keep)
   assert cropped.num_vertices == 11
   # Every kept triangle is an original triangle with all corners kept, on the same 3D points.
   full_tris = {tuple(np.asarray(full.shape_mean)[t].round(4).ravel()) for t in full.triangles}
@@ -136,21 +137,21 @@ def test_crop_reindexes_and_remaps(tiny):
   bad = np.ones(12, bool)
   bad[a["ibug68"][0]] = False
   with pytest.raises(ValueError, match="lie outside the crop"):
-    mm.load_bfm2017(path, crop=bad)
+    bfm2017.load_bfm2017(path, crop=bad)
 
 
 def test_face_crop_on_embedded_model():
-  path = embedded_model.path("small")
-  full = mm.load_bfm2017(path)
+  path = embedded.path("small")
+  full = bfm2017.load_bfm2017(path)
   # A crop radius scale well below the face keeps the landmarks (radius grows to cover them).
-  keep = mm.crop_sphere(np.asarray(full.shape_mean), np.asarray(full.landmarks), scale=0.5)
-  cropped = mm.load_bfm2017(path, crop=keep)
+  keep = ibug.face_crop(np.asarray(full.shape_mean), np.asarray(full.landmarks), scale=0.5)
+  cropped = bfm2017.load_bfm2017(path, crop=keep)
   assert 0 < cropped.num_vertices < full.num_vertices
   np.testing.assert_allclose(
     np.asarray(cropped.shape_mean)[cropped.landmarks], np.asarray(full.shape_mean)[full.landmarks]
   )
-  assert cropped.num_vertices == mm.load_bfm2017(path, crop=np.flatnonzero(keep)).num_vertices
-  assert mm.load_bfm2017(path, crop="face").num_vertices <= full.num_vertices
+  assert cropped.num_vertices == bfm2017.load_bfm2017(path, crop=np.flatnonzero(keep)).num_vertices
+  assert bfm2017.load_bfm2017(path, crop="face").num_vertices <= full.num_vertices
 
 
 def _corrupt(path, dataset, value):
@@ -176,20 +177,20 @@ def test_bad_files_name_file_and_dataset(tiny, dataset, value, message):
   path, _ = tiny
   _corrupt(path, dataset, value)
   with pytest.raises(ValueError, match=f"tiny.h5.*{message}"):
-    mm.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
+    bfm2017.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
 
 
 def test_missing_and_unreadable_file(tmp_path):
   with pytest.raises(ValueError, match="nope.h5: morphable model file not found"):
-    mm.load_bfm2017(tmp_path / "nope.h5")
+    bfm2017.load_bfm2017(tmp_path / "nope.h5")
   (tmp_path / "junk.h5").write_text("not hdf5")
   with pytest.raises(ValueError, match="junk.h5: not a readable h5 file"):
-    mm.load_bfm2017(tmp_path / "junk.h5")
+    bfm2017.load_bfm2017(tmp_path / "junk.h5")
 
 
 def test_vertices_jit_vmap_grad(tiny):
   path, _ = tiny
-  model = mm.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
+  model = bfm2017.load_bfm2017(path, n_shape=4, n_exp=3, n_color=5)
   alphas = jnp.asarray(np.random.default_rng(3).normal(size=(5, 4)), jnp.float32)
   batched = jax.jit(jax.vmap(mm.vertices, in_axes=(None, 0, None)))(model, alphas, jnp.zeros(3))
   for i in range(5):
@@ -203,22 +204,22 @@ def test_vertices_jit_vmap_grad(tiny):
 
 
 def test_embedded_model_is_deterministic(tmp_path):
-  a = embedded_model.write(str(tmp_path / "a.h5"), "small", seed=0)
-  b = embedded_model.write(str(tmp_path / "b.h5"), "small", seed=0)
+  a = embedded.write(str(tmp_path / "a.h5"), "small", seed=0)
+  b = embedded.write(str(tmp_path / "b.h5"), "small", seed=0)
   assert filecmp.cmp(a, b, shallow=False)
-  c = embedded_model.write(str(tmp_path / "c.h5"), "small", seed=1)
+  c = embedded.write(str(tmp_path / "c.h5"), "small", seed=1)
   assert not filecmp.cmp(a, c, shallow=False)
 
 
 def test_embedded_model_reads_as_a_face():
-  model = embedded_model.load("small")
+  model = embedded.load("small")
   assert model.sizes == {"shape": 80, "expression": 64, "color": 80}
   assert 3000 < model.num_vertices < 5000 and model.num_triangles > 1.8 * model.num_vertices
   p = np.asarray(model.shape_mean)
   lm = p[np.asarray(model.landmarks)]
   assert len(set(np.asarray(model.landmarks).tolist())) == 68
   # Landmarks land near the standard face's (grid spacing 2.6 mm), in iBUG order.
-  np.testing.assert_allclose(lm[:, :2], embedded_model.standard_landmarks()[:, :2], atol=2.6)
+  np.testing.assert_allclose(lm[:, :2], ibug.standard_landmarks()[:, :2], atol=2.6)
   eyes_y, nose_y, mouth_y, chin_y = lm[36:48, 1].mean(), lm[30, 1], lm[48:68, 1].mean(), lm[8, 1]
   assert eyes_y > nose_y > mouth_y > chin_y
   assert lm[30, 2] == pytest.approx(p[:, 2].max(), abs=3.0)  # the nose tip is the front-most point

@@ -7,7 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-from focus_jax import convert_model, embedded_model
+from focus_jax import convert_model
+from focus_jax.facemodels import bfm2017, ict
+from focus_jax.facemodels import landmarks as ibug
 from focus_jax.render import morphable_model as mm
 
 SHARED = Path(__file__).parents[1] / ".." / "shared"
@@ -20,7 +22,7 @@ ALL = {"n_shape": 1000, "n_exp": 1000, "n_color": 1000}
 
 def _expected_translation(neutral_cm, ibug68):
   """The documented frame: landmark centroid at the standard face's centroid height and depth."""
-  target = embedded_model.standard_landmarks().mean(axis=0)
+  target = ibug.standard_landmarks().mean(axis=0)
   return np.array([0.0, target[1], target[2]]) - 10.0 * neutral_cm[ibug68].mean(axis=0)
 
 
@@ -36,13 +38,13 @@ def converted(tmp_path_factory):
   paths = {}
   for region in ("face", "narrow"):
     paths[region] = str(out / f"ict_{region}.h5")
-    convert_model.convert_ict(ICT_NPZ, paths[region], region)
+    ict.convert_ict(ICT_NPZ, paths[region], region)
   return paths
 
 
 @needs_ict
 def test_npz_conversion_matches_source(npz, converted):
-  model = mm.load_bfm2017(converted["face"], **ALL)
+  model = bfm2017.load_bfm2017(converted["face"], **ALL)
   neutral = npz["neutral_cm"].astype(np.float64)
   ibug68 = npz["landmarks_multipie68"]
   shift = _expected_translation(neutral, ibug68)
@@ -77,10 +79,10 @@ def test_npz_conversion_matches_source(npz, converted):
 
 @needs_ict
 def test_frame_and_winding_face_the_camera(converted):
-  model = mm.load_bfm2017(converted["face"], **ALL)
+  model = bfm2017.load_bfm2017(converted["face"], **ALL)
   lm = np.asarray(model.shape_mean)[np.asarray(model.landmarks)]
   # Near the origin like the BFM: centroid matches the standard face's in y and z, symmetric in x.
-  standard = embedded_model.standard_landmarks()
+  standard = ibug.standard_landmarks()
   np.testing.assert_allclose(lm.mean(0)[1:], standard.mean(0)[1:], atol=1e-3)
   np.testing.assert_allclose(lm[:, 0].mean(), 0.0, atol=1e-3)
   # Millimetres: outer eye corners ~9 cm apart (standard face: 86 mm).
@@ -102,8 +104,8 @@ def test_frame_and_winding_face_the_camera(converted):
 
 @needs_ict
 def test_narrow_region_is_a_crop_keeping_landmarks(converted):
-  face = mm.load_bfm2017(converted["face"], **ALL)
-  narrow = mm.load_bfm2017(converted["narrow"], **ALL)
+  face = bfm2017.load_bfm2017(converted["face"], **ALL)
+  narrow = bfm2017.load_bfm2017(converted["narrow"], **ALL)
   assert narrow.num_vertices == 6706 and narrow.num_triangles == 2 * 6560
   rng = np.random.default_rng(0)
   alpha, delta = rng.normal(size=100), rng.uniform(0.0, 1.0, 53)
@@ -131,11 +133,11 @@ def test_narrow_region_is_a_crop_keeping_landmarks(converted):
 
 @needs_ict
 def test_procedural_albedo_features_and_determinism(converted, tmp_path):
-  model = mm.load_bfm2017(converted["face"], **ALL)
+  model = bfm2017.load_bfm2017(converted["face"], **ALL)
   color = np.asarray(model.color_mean)
   lm = np.asarray(model.landmarks)
   assert color.min() >= 0.0 and color.max() <= 1.0
-  skin = convert_model.SKIN_RGB
+  skin = ict.SKIN_RGB
   lip = color[lm[[50, 52, 56, 58]]].mean(0)
   brow = color[lm[[19, 24]]].mean(0)
   assert lip[0] / lip[1] > 1.3 * skin[0] / skin[1]  # redder lips
@@ -144,7 +146,7 @@ def test_procedural_albedo_features_and_determinism(converted, tmp_path):
   neck = np.asarray(model.shape_mean)[:, 1].argmin()
   np.testing.assert_allclose(color[neck], skin, atol=1e-3)
   again = tmp_path / "again.h5"
-  convert_model.convert_ict(ICT_NPZ, again, "face")
+  ict.convert_ict(ICT_NPZ, again, "face")
   assert again.read_bytes() == Path(converted["face"]).read_bytes()
 
 
@@ -153,7 +155,7 @@ def test_cli(tmp_path, capsys):
   out = tmp_path / "cli.h5"
   assert convert_model.main(["ict", str(ICT_NPZ), "--out", str(out), "--region", "narrow"]) == 0
   assert json.loads(capsys.readouterr().out.split(": ", 1)[1])["vertices"] == 6706
-  assert mm.load_bfm2017(out, **ALL).num_vertices == 6706
+  assert bfm2017.load_bfm2017(out, **ALL).num_vertices == 6706
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,9 +212,9 @@ def _tiny_face_model(root):
 def test_obj_folder_conversion(tmp_path):
   points, polygons, identities, expressions, ibug68 = _tiny_face_model(tmp_path / "ICT-FaceKit")
   out = tmp_path / "tiny.h5"
-  sizes = convert_model.convert_ict(tmp_path / "ICT-FaceKit", out)
+  sizes = ict.convert_ict(tmp_path / "ICT-FaceKit", out)
   assert sizes == {"vertices": 21, "triangles": 25, "shape": 3, "expression": 2, "color": 10}
-  model = mm.load_bfm2017(out, **ALL)
+  model = bfm2017.load_bfm2017(out, **ALL)
   # Vertex 0 is unused: every index moves down by one.
   kept = np.arange(1, 22)
   shift = _expected_translation(points, ibug68)
@@ -230,24 +232,24 @@ def test_obj_folder_conversion(tmp_path):
     assert h5.attrs["license"].startswith("MIT License\n\nCopyright (c) 2020 test")
     assert h5.attrs["expression_names"] == "jawOpen,eyeBlink_L"
   # The FaceXModel folder itself is accepted too.
-  assert convert_model.convert_ict(tmp_path / "ICT-FaceKit" / "FaceXModel", out)["vertices"] == 21
+  assert ict.convert_ict(tmp_path / "ICT-FaceKit" / "FaceXModel", out)["vertices"] == 21
 
 
 def test_bad_sources_raise_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="git clone https://github.com/ICT-VGL/ICT-FaceKit"):
-    convert_model.convert_ict(tmp_path / "nowhere", tmp_path / "x.h5")
+    ict.convert_ict(tmp_path / "nowhere", tmp_path / "x.h5")
   with pytest.raises(ValueError, match="generic_neutral_mesh.obj"):
-    convert_model.convert_ict(tmp_path, tmp_path / "x.h5")
+    ict.convert_ict(tmp_path, tmp_path / "x.h5")
   bad = tmp_path / "bad.npz"
   np.savez(bad, neutral_cm=np.zeros((4, 3), np.float32))
   with pytest.raises(ValueError, match=r"bad.npz: missing arrays \['quads'"):
-    convert_model.convert_ict(bad, tmp_path / "x.h5")
+    ict.convert_ict(bad, tmp_path / "x.h5")
   _tiny_face_model(tmp_path / "kit")
   with pytest.raises(ValueError, match="region 'narrow' is defined on the ICT topology"):
-    convert_model.convert_ict(tmp_path / "kit", tmp_path / "x.h5", "narrow")
+    ict.convert_ict(tmp_path / "kit", tmp_path / "x.h5", "narrow")
   (tmp_path / "kit" / "FaceXModel" / "jawOpen.obj").unlink()
   with pytest.raises(ValueError, match="jawOpen.obj: missing"):
-    convert_model.convert_ict(tmp_path / "kit", tmp_path / "x.h5")
+    ict.convert_ict(tmp_path / "kit", tmp_path / "x.h5")
   assert not (tmp_path / "x.h5").exists()
 
 
@@ -261,15 +263,10 @@ MIDLINE = [8, 27, 28, 29, 30, 33, 51, 57, 62, 66]
 
 @needs_ict
 def test_render_mean_face_puts_landmarks_on_the_face(converted):
-  from focus_jax.render import camera, pipeline
+  from focus_jax.render import camera, coefficients, pipeline
 
-  model = mm.load_bfm2017(converted["face"], **ALL)
-  sizes = model.sizes
-  coeffs = {
-    k: np.zeros(n, np.float32)
-    for k, n in zip(("shape", "expression", "color"), sizes.values(), strict=True)
-  }
-  coeffs.update(pose=np.zeros(6, np.float32), light=np.zeros(27, np.float32))
+  model = bfm2017.load_bfm2017(converted["face"], **ALL)
+  coeffs = coefficients.Coefficients.zeros(model.sizes)
   out = pipeline.render(model, coeffs, height=224, width=224)
   lm = np.asarray(out.landmarks, np.float64)
   # Independent projection: zero pose means x_cam = x, y_cam = -y, z_cam = 1000 - z.

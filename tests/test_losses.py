@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from focus_jax import losses
-from focus_jax.render import morphable_model as mm
+from focus_jax.facemodels import landmarks as ibug
 
 B, H, W, C = 2, 12, 10, 3
 
@@ -135,7 +135,7 @@ def test_masked_reconstruction_matches_loops_and_empty_mask():
 def test_landmark_loss_uses_model_weights():
   rng = np.random.default_rng(1)
   gt, pred = rng.uniform(0, 224, (2, B, 68, 2))
-  w = mm.landmark_weights()
+  w = ibug.landmark_weights()
   ref = np.mean([(w[k] * (gt[b, k, j] - pred[b, k, j])) ** 2 for b in range(B) for k in range(68)
                  for j in range(2)])  # fmt: skip
   np.testing.assert_allclose(losses.landmark_loss(*_f32(gt, pred)), ref, rtol=1e-5)
@@ -220,37 +220,6 @@ def test_bce_with_logits():
   np.testing.assert_allclose(
     losses.binary_cross_entropy_with_logits(*_f32(logits, labels)), ref_terms.mean(), rtol=1e-5
   )
-
-
-def test_weights_record():
-  w = losses.FocusLossWeights()
-  assert w.stage1.as_dict() == {
-    "photometric": 0.5,
-    "stat_reg": 0.1,
-    "landmarks": 5e-4,
-    "perceptual": 0.25,
-  }
-  assert w.encoder.as_dict() == {
-    "masked_rec": 0.5,
-    "perceptual": 0.25,
-    "stat_reg": 0.1,
-    "landmarks": 5e-4,
-    "area": 0.06,
-  }
-  assert w.unet.as_dict() == {
-    "binary": 10.0,
-    "area": 0.5,
-    "preserve": 0.25,
-    "dist": 3.0,
-    "neighbour": 15.0,
-  }
-  terms = {k: float(i + 1) for i, k in enumerate(w.unet.as_dict())}
-  assert w.unet.total(terms) == 10 * 1 + 0.5 * 2 + 0.25 * 3 + 3 * 4 + 15 * 5
-  with pytest.raises(ValueError, match="do not match"):
-    w.encoder.total({"masked_rec": 1.0})
-
-
-# ----------------------------------------------------------------------------- gradients
 
 
 def _fd_check(fn, x, seed=0, n_dirs=2, eps=1e-6, rtol=1e-6):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax import metrics
+from focus_jax.eval import metrics
 
 
 def _masks():

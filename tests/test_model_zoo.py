@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from focus_jax import embedded_model, model_zoo
+from focus_jax.facemodels import embedded, zoo
 
 ICT_NPZ = (
   Path(__file__).parents[1] / ".." / "shared" / "data" / "ict_face_light" / "ict_face_light.npz"
@@ -17,36 +17,34 @@ needs_ict = pytest.mark.skipif(
 
 
 def test_embedded_specs():
-  assert model_zoo.model_path("embedded") == embedded_model.path("small")
-  assert model_zoo.model_path("embedded-small") == embedded_model.path("small")
-  model = model_zoo.load_model("embedded", n_shape=5, n_exp=4, n_color=3)
+  assert zoo.model_path("embedded") == embedded.path("small")
+  assert zoo.model_path("embedded-small") == embedded.path("small")
+  model = zoo.load_model("embedded", n_shape=5, n_exp=4, n_color=3)
   assert model.sizes == {"shape": 5, "expression": 4, "color": 3}
-  assert model.num_vertices == embedded_model.load("small").num_vertices
+  assert model.num_vertices == embedded.load("small").num_vertices
 
 
 def test_h5_path_spec_and_unknown_spec(tmp_path):
-  path = embedded_model.path("small")
-  np.testing.assert_array_equal(
-    model_zoo.load_model(path).triangles, embedded_model.load("small").triangles
-  )
+  path = embedded.path("small")
+  np.testing.assert_array_equal(zoo.load_model(path).triangles, embedded.load("small").triangles)
   with pytest.raises(ValueError, match="unknown model 'ict-wide'.*'embedded-bfm'"):
-    model_zoo.model_path("ict-wide")
+    zoo.model_path("ict-wide")
   with pytest.raises(ValueError, match="unknown model"):
-    model_zoo.model_path(str(tmp_path / "missing.h5"))
+    zoo.model_path(str(tmp_path / "missing.h5"))
 
 
 @needs_ict
 def test_ict_spec_builds_once_into_the_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("FOCUS_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setenv(model_zoo.ICT_ENV, str(ICT_NPZ))
-  path = model_zoo.model_path("ict")
+  monkeypatch.setenv(zoo.ICT_ENV, str(ICT_NPZ))
+  path = zoo.model_path("ict")
   assert Path(path).parent == tmp_path / "cache" and Path(path).name.startswith("ict_face_v")
   stamp = os.stat(path).st_mtime_ns
-  model = model_zoo.load_model("ict")
+  model = zoo.load_model("ict")
   assert os.stat(path).st_mtime_ns == stamp  # not rebuilt
   assert model.sizes == {"shape": 80, "expression": 53, "color": 10}
   assert model.num_vertices == 9409
-  narrow = model_zoo.load_model("ict-narrow", n_exp=7)
+  narrow = zoo.load_model("ict-narrow", n_exp=7)
   assert narrow.num_vertices == 6706 and narrow.sizes["expression"] == 7
   # Same landmark points in both regions.
   np.testing.assert_allclose(
@@ -54,20 +52,19 @@ def test_ict_spec_builds_once_into_the_cache(tmp_path, monkeypatch):
     np.asarray(model.shape_mean)[np.asarray(model.landmarks)],
     atol=1e-4,
   )
-  assert model_zoo.expression_coefficients("ict-narrow") == "blend_weights"
-  assert model_zoo.expression_coefficients("embedded") == "std"
-  # Without the environment variable the shared copy is used: the same source, the same file.
-  monkeypatch.delenv(model_zoo.ICT_ENV)
-  assert model_zoo.model_path("ict") == path
+  assert zoo.expression_coefficients("ict-narrow") == "blend_weights"
+  assert zoo.expression_coefficients("embedded") == "std"
+  # An explicit source path gives the same cached file as the environment variable.
+  monkeypatch.delenv(zoo.ICT_ENV)
+  assert zoo.ict_path("face", source=str(ICT_NPZ)) == path
 
 
 def test_ict_missing_source_says_how_to_get_it(tmp_path, monkeypatch):
   monkeypatch.setenv("FOCUS_JAX_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setenv(model_zoo.ICT_ENV, str(tmp_path / "no-such-checkout"))
+  monkeypatch.setenv(zoo.ICT_ENV, str(tmp_path / "no-such-checkout"))
   with pytest.raises(ValueError, match="git clone https://github.com/ICT-VGL/ICT-FaceKit"):
-    model_zoo.load_model("ict")
-  monkeypatch.delenv(model_zoo.ICT_ENV)
-  monkeypatch.setattr(model_zoo, "SHARED_ICT_NPZ", tmp_path / "absent.npz")
+    zoo.load_model("ict")
+  monkeypatch.delenv(zoo.ICT_ENV)
   with pytest.raises(ValueError, match="FOCUS_JAX_ICT is unset.*git clone https://github.com/ICT"):
-    model_zoo.model_path("ict-narrow")
+    zoo.model_path("ict-narrow")
   assert not (tmp_path / "cache").exists()

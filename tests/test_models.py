@@ -5,6 +5,7 @@ Modules are initialised with rbg keys: on CPU they compile far faster than three
 
 import logging
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,9 +13,9 @@ import pytest
 from flax import nnx
 
 from focus_jax import testing
-from focus_jax.models import arcface, resnet, unet
+from focus_jax.models import arcface, resnet, unet, weights
+from focus_jax.render import coefficients, pipeline
 from focus_jax.render import morphable_model as mm
-from focus_jax.render import pipeline
 
 
 def _rngs(seed: int = 0) -> nnx.Rngs:
@@ -43,15 +44,13 @@ def encoder():
 def test_zero_head_gives_mean_face(encoder):
   model = testing.small_model()
   coeffs = _apply(encoder, _images((2, 32, 32, 3)))
-  expected = {**model.sizes, "pose": 6, "light": 27}
-  assert {k: v.shape for k, v in coeffs.items()} == {k: (2, n) for k, n in expected.items()}
-  for value in coeffs.values():
-    np.testing.assert_array_equal(np.asarray(value), 0.0)
+  # Every group (B, size), all zero.
+  chex.assert_trees_all_equal(coeffs, coefficients.Coefficients.zeros(model.sizes, batch=2))
   # The mean face: vertices and albedo are the model means.
-  vertices = mm.vertices(model, coeffs["shape"][0], coeffs["expression"][0])
+  vertices = mm.vertices(model, coeffs.shape[0], coeffs.expression[0])
   np.testing.assert_allclose(vertices, model.shape_mean + model.exp_mean, atol=1e-5)
-  np.testing.assert_allclose(mm.albedo(model, coeffs["color"][0]), model.color_mean, atol=1e-6)
-  # The dict is the renderer's batched ``coeffs`` as is (checked abstractly: no compile).
+  np.testing.assert_allclose(mm.albedo(model, coeffs.color[0]), model.color_mean, atol=1e-6)
+  # The record is the renderer's batched ``coeffs`` as is (checked abstractly: no compile).
   out = jax.eval_shape(lambda c: pipeline.render_batch(model, c, 32, 32), coeffs)
   assert out.image.shape == (2, 32, 32, 3) and out.landmarks.shape == (2, 68, 2)
 
@@ -61,11 +60,11 @@ def test_head_scalings_applied_once(encoder):
   encoder = nnx.clone(encoder)
   encoder.backbone.fc.bias[...] = jnp.ones(sum(sizes.values()) + 6 + 27)
   coeffs = _apply(encoder, _images((2, 32, 32, 3)))  # Same shapes as above: no recompile.
-  np.testing.assert_allclose(coeffs["shape"], np.ones((2, sizes["shape"])))
-  np.testing.assert_allclose(coeffs["expression"], np.ones((2, sizes["expression"])))
-  np.testing.assert_allclose(coeffs["color"], np.full((2, sizes["color"]), 3.0))
-  np.testing.assert_allclose(coeffs["pose"], [[0.3, 0.3, 0.3, 1.0, 1.0, 0.005]] * 2, rtol=1e-6)
-  np.testing.assert_allclose(coeffs["light"], np.ones((2, 27)))
+  np.testing.assert_allclose(coeffs.shape, np.ones((2, sizes["shape"])))
+  np.testing.assert_allclose(coeffs.expression, np.ones((2, sizes["expression"])))
+  np.testing.assert_allclose(coeffs.color, np.full((2, sizes["color"]), 3.0))
+  np.testing.assert_allclose(coeffs.pose, [[0.3, 0.3, 0.3, 1.0, 1.0, 0.005]] * 2, rtol=1e-6)
+  np.testing.assert_allclose(coeffs.light, np.ones((2, 27)))
   with pytest.raises(ValueError, match="pose"):
     resnet.FaceEncoder({**sizes, "pose": 7}, depth=18, width=8, rngs=_rngs())
   with pytest.raises(ValueError, match="lack"):
@@ -177,7 +176,7 @@ def test_prelu_matches_numpy():
 @pytest.mark.parametrize("path", [None, "", "/nonexistent/arcface_r50.npz"])
 def test_missing_arcface_weights_disable_losses(path, caplog):
   with caplog.at_level(logging.WARNING):
-    network, record = arcface.load_arcface_or_none(path)
+    network, record = weights.load_arcface_or_none(path)
   assert network is None
   assert set(record) == {"perceptual", "preserve", "dist"}
   assert all(v.startswith("disabled: ") for v in record.values())

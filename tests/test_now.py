@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from focus_jax import mesh_io, now, testing
+from focus_jax import files, testing
+from focus_jax.eval import mesh_distance, now
 
 
 def _random_similarity(seed):
   rng = np.random.default_rng(seed)
   rot = Rotation.random(random_state=seed).as_matrix()
-  return now.Similarity(float(rng.uniform(0.5, 2.0)), rot, rng.normal(0, 50, 3))
+  return mesh_distance.Similarity(float(rng.uniform(0.5, 2.0)), rot, rng.normal(0, 50, 3))
 
 
 def _face():
@@ -27,7 +28,7 @@ def test_point_triangle_distance_vs_dense_sampling():
   b[10:15] = a[10:15]  # Degenerate (two coincident corners).
   p = rng.normal(size=(n, 3)) * 2
   p[20:40] = (0.2 * a + 0.3 * b + 0.5 * c)[20:40] + 1e-3 * rng.normal(size=(20, 3))
-  dist, closest = now.point_triangle_closest(p, a, b, c)
+  dist, closest = mesh_distance.point_triangle_closest(p, a, b, c)
   # The closest point lies on the triangle and realises the distance.
   np.testing.assert_allclose(np.linalg.norm(p - closest, axis=1), dist, rtol=1e-12)
   # Dense barycentric sampling: never below the exact distance, and within the sampling step.
@@ -44,7 +45,7 @@ def test_point_triangle_distance_vs_dense_sampling():
 
 def _brute_force(points, vertices, triangles):
   corners = vertices[triangles]
-  dist, _ = now.point_triangle_closest(
+  dist, _ = mesh_distance.point_triangle_closest(
     points[:, None], corners[None, :, 0], corners[None, :, 1], corners[None, :, 2]
   )
   return dist.min(axis=1)
@@ -55,7 +56,7 @@ def test_mesh_distance_is_exact_against_brute_force(k):
   vertices, triangles, _ = _face()
   triangles = triangles.copy()
   triangles[:5, 2] = triangles[:5, 1]  # Degenerate triangles (two coincident corners).
-  mesh = now.MeshDistance(vertices, triangles, k=k)
+  mesh = mesh_distance.MeshDistance(vertices, triangles, k=k)
   rng = np.random.default_rng(1)
   # Points on, near and far from the surface (up to ~60 mm), the hard cases for the certificate.
   points = vertices[rng.choice(len(vertices), 150)] + rng.normal(0, 1, (150, 3)) * rng.choice(
@@ -67,7 +68,7 @@ def test_mesh_distance_is_exact_against_brute_force(k):
   np.testing.assert_allclose(dist, brute, rtol=0, atol=1e-12)
   np.testing.assert_allclose(np.linalg.norm(points - closest, axis=1), dist, atol=1e-12)
   corners = vertices[triangles]
-  own, _ = now.point_triangle_closest(points, *(corners[tri][:, i] for i in range(3)))
+  own, _ = mesh_distance.point_triangle_closest(points, *(corners[tri][:, i] for i in range(3)))
   np.testing.assert_allclose(own, dist, atol=1e-12)
   approx, _, _ = mesh.query(points, exact=False)  # Upper bound without the certificate.
   assert np.all(approx >= dist - 1e-12)
@@ -82,16 +83,16 @@ def test_umeyama_recovers_similarity():
   rng = np.random.default_rng(2)
   src = rng.normal(size=(7, 3)) * 30
   truth = _random_similarity(3)
-  est = now.umeyama(src, truth.apply(src))
+  est = mesh_distance.umeyama(src, truth.apply(src))
   np.testing.assert_allclose(est.scale, truth.scale, rtol=1e-12)
   np.testing.assert_allclose(est.rotation, truth.rotation, atol=1e-12)
   np.testing.assert_allclose(est.translation, truth.translation, atol=1e-10)
   assert np.linalg.det(est.rotation) > 0
   # A reflected target still yields a proper rotation.
-  assert np.linalg.det(now.umeyama(src, src * [1, 1, -1]).rotation) > 0
+  assert np.linalg.det(mesh_distance.umeyama(src, src * [1, 1, -1]).rotation) > 0
   np.testing.assert_allclose(truth.inverse_apply(truth.apply(src)), src, atol=1e-10)
   with pytest.raises(ValueError, match="at least 3"):
-    now.umeyama(src[:2], src[:2])
+    mesh_distance.umeyama(src[:2], src[:2])
 
 
 def test_crop_sphere_rule():
@@ -159,7 +160,7 @@ def test_submission_files_round_trip(tmp_path):
   vertices, triangles, lm = _face()
   mesh_path = tmp_path / "FaMoS_180424_03335_TA" / "multiview_neutral" / "IMG_0101.obj"
   lm_path = now.write_submission(mesh_path, vertices, triangles, lm)
-  v, t = mesh_io.read_obj(mesh_path)
+  v, t = files.read_obj(mesh_path)
   np.testing.assert_allclose(v, vertices, atol=1e-6)
   np.testing.assert_array_equal(t, triangles)
   assert not any(line.startswith("v ") and len(line.split()) != 4 for line in open(mesh_path))
@@ -174,6 +175,6 @@ def test_submission_files_round_trip(tmp_path):
   bad = tmp_path / "bad.obj"
   bad.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 x\n")
   with pytest.raises(ValueError, match="bad.obj:4"):
-    mesh_io.read_obj(bad)
+    files.read_obj(bad)
   with pytest.raises(ValueError, match="7x3"):
     now.write_landmarks(tmp_path / "x.npy", lm[:6])

@@ -1,12 +1,14 @@
 """The render pipeline: API contract, consistency with its parts, batching."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from focus_jax import testing
-from focus_jax.render import camera, mesh, pipeline, rasterize, shading
+from focus_jax.render import camera, coefficients, mesh, pipeline, rasterize, shading
 from focus_jax.render import morphable_model as mm
 
 SIZE = 48
@@ -19,8 +21,8 @@ def test_render_fields_and_consistency():
   assert out.image.shape == (SIZE, SIZE, 3) and out.mask.shape == (SIZE, SIZE)
   assert out.soft_mask.shape == (SIZE, SIZE) and out.landmarks.shape == (68, 2)
   assert out.projected.shape == (model.num_vertices, 3)
-  verts = mm.vertices(model, coeffs["shape"], coeffs["expression"])
-  cam = camera.camera_from_pose(coeffs["pose"], SIZE, SIZE)
+  verts = mm.vertices(model, coeffs.shape, coeffs.expression)
+  cam = camera.camera_from_pose(coeffs.pose, SIZE, SIZE)
   projected = camera.project(cam, verts)
   np.testing.assert_allclose(out.projected, projected, rtol=1e-6, atol=1e-4)
   np.testing.assert_allclose(
@@ -34,7 +36,7 @@ def test_render_fields_and_consistency():
   # One covered pixel by hand: shaded vertex colours interpolated with the barycentrics.
   normals = np.asarray(mesh.vertex_normals(verts, model.triangles)) @ np.asarray(cam.rotation).T
   colors = np.asarray(
-    shading.shade(jnp.asarray(normals), mm.albedo(model, coeffs["color"]), coeffs["light"])
+    shading.shade(jnp.asarray(normals), mm.albedo(model, coeffs.color), coeffs.light)
   )
   y, x = np.argwhere(mask == 1)[len(np.argwhere(mask == 1)) // 2]
   face = int(out.fragments.face_id[y, x])
@@ -45,7 +47,7 @@ def test_render_fields_and_consistency():
 def test_render_batch_matches_render_and_does_not_retrace():
   model = testing.small_model()
   coeffs = [testing.random_coefficients(model, s) for s in range(2)]
-  batched = jax.tree.map(lambda *a: jnp.stack(a), *coeffs)
+  batched = coefficients.stack(coeffs)
   outs = pipeline.render_batch(model, batched, height=SIZE, width=SIZE)
   assert outs.image.shape == (2, SIZE, SIZE, 3)
   for b in range(2):
@@ -64,10 +66,10 @@ def test_pose_gradient_is_finite_and_nonzero():
   coeffs = testing.random_coefficients(model, 3)
 
   def loss(pose):
-    out = pipeline.render(model, dict(coeffs, pose=pose), height=SIZE, width=SIZE)
+    out = pipeline.render(model, dataclasses.replace(coeffs, pose=pose), height=SIZE, width=SIZE)
     return jnp.mean(out.image) + jnp.mean(out.soft_mask)
 
-  grad = jax.grad(loss)(jnp.asarray(coeffs["pose"]))
+  grad = jax.grad(loss)(jnp.asarray(coeffs.pose))
   assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
   assert isinstance(
     pipeline.render(model, coeffs, height=SIZE, width=SIZE).fragments, rasterize.Fragments

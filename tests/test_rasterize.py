@@ -61,8 +61,8 @@ def test_small_model_matches_reference():
   model = testing.small_model()
   coeffs = testing.random_coefficients(model, 1)
   size = 64
-  verts = mm.vertices(model, coeffs["shape"], coeffs["expression"])
-  projected = np.asarray(camera.project(camera.camera_from_pose(coeffs["pose"], size, size), verts))
+  verts = mm.vertices(model, coeffs.shape, coeffs.expression)
+  projected = np.asarray(camera.project(camera.camera_from_pose(coeffs.pose, size, size), verts))
   triangles = np.asarray(model.triangles)
   frags = _raster(projected, triangles, height=size, width=size)
   ref_id = _check_against_reference(projected, triangles, frags, size, size)
@@ -75,8 +75,8 @@ def test_bfm_sized_model_matches_reference_at_224():
   size = 224
   for seed in range(2):
     coeffs = testing.random_coefficients(model, seed)
-    verts = mm.vertices(model, coeffs["shape"], coeffs["expression"])
-    cam = camera.camera_from_pose(coeffs["pose"], size, size)
+    verts = mm.vertices(model, coeffs.shape, coeffs.expression)
+    cam = camera.camera_from_pose(coeffs.pose, size, size)
     projected = np.asarray(camera.project(cam, verts))
     triangles = np.asarray(model.triangles)
     frags = rasterize.rasterize(projected, triangles, height=size, width=size)

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from focus_jax import checkpoint, config_lib, metric_writer, sharding, train
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
@@ -99,15 +100,6 @@ def test_batch_must_split_over_devices():
     sharding.check_batch_size(4, sharding.make_mesh())
 
 
-@pytest.fixture(scope="module")
-def image_root(tmp_path_factory):
-  from focus_jax.data import synthetic
-
-  root = str(tmp_path_factory.mktemp("synthetic"))
-  synthetic.generate(root, 16, seed=3, progress=False, batch_size=16)
-  return root
-
-
 def _smoke(name, image_root, total_steps, **overrides):
   config = _config(name, "smoke")
   config.data.image_root = image_root
@@ -171,8 +163,8 @@ def test_sharded_step_equals_single_device(image_root):
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = sharding.make_mesh(devices)
     rep = sharding.replicated(mesh)
-    state = jax.device_put(train.init_state(parts), rep)
-    frozen = jax.device_put({"model": model, "arcface": arc}, rep)
+    state = jax.device_put(train.init_state(parts, config.optim), rep)
+    frozen = jax.device_put(train.frozen_inputs(config, model, arc), rep)
     placed = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
     new, scalars = jax.jit(step, out_shardings=(rep, rep))(state, placed, frozen)
     results.append((jax.device_get(new["encoder"]["params"]), float(scalars["loss"])))

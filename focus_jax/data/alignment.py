@@ -29,34 +29,17 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from focus_jax import embedded_model
+from focus_jax.facemodels import landmarks as ibug
+from focus_jax.render import warp
 
 TARGET_SIZE = 224
 RESCALE_FACTOR = 102.0
 LANDMARK_CONVENTIONS = ("deep3d", "pixel")
 
 
-def five_points(landmarks: np.ndarray) -> np.ndarray:
-  """The five alignment points of Deep3DFaceRecon from 68 landmarks.
-
-  Args:
-    landmarks: ``(68, D)`` float, iBUG-68 order (``D`` = 2 or 3).
-
-  Returns:
-    ``(5, D)`` float64: left eye centre (mean of 36, 39), right eye centre (mean of 42, 45),
-    nose tip (30), left and right mouth corners (48, 54).
-  """
-  lm = np.asarray(landmarks, np.float64)
-  if lm.shape[0] != 68:
-    raise ValueError(f"expected 68 landmarks, got array of shape {lm.shape}")
-  return np.stack(
-    [0.5 * (lm[36] + lm[39]), 0.5 * (lm[42] + lm[45]), lm[30], lm[48], lm[54]], axis=0
-  )
-
-
 def standard_five_points() -> np.ndarray:
   """The standard face's five points ``(5, 3)`` in Deep3DFaceRecon's units (100 mm, y up)."""
-  return five_points(embedded_model.standard_landmarks() / 100.0)
+  return ibug.five_points(ibug.standard_landmarks() / 100.0)
 
 
 def pos_fit(points_2d: np.ndarray, points_3d: np.ndarray) -> tuple[np.ndarray, float]:
@@ -179,7 +162,7 @@ def estimate(
     raise ValueError(f"expected finite (68, 2) landmarks, got shape {lm.shape}")
   # The fit runs in a y-up frame, with the original's ``H - y`` (not ``H - 1 - y``).
   up = np.stack([lm[:, 0], height - lm[:, 1]], axis=1)
-  t, fitted = pos_fit(five_points(up), standard_five_points())
+  t, fitted = pos_fit(ibug.five_points(up), standard_five_points())
   if not fitted > 0:
     raise ValueError("degenerate landmarks: the fitted face scale is zero")
   return AlignParams(
@@ -191,12 +174,6 @@ def apply_affine(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
   """Maps ``points (..., 2)`` float by ``affine (2, 3)``; returns ``(..., 2)`` float32."""
   p = np.asarray(points, np.float64)
   return (p @ affine[:, :2].T + affine[:, 2]).astype(np.float32)
-
-
-def invert_affine(affine: np.ndarray) -> np.ndarray:
-  """Inverse of a ``(2, 3)`` affine, as ``(2, 3)`` float64."""
-  full = np.vstack([np.asarray(affine, np.float64), [0.0, 0.0, 1.0]])
-  return np.linalg.inv(full)[:2]
 
 
 def _to_pil(image: np.ndarray | Image.Image) -> Image.Image:
@@ -254,7 +231,7 @@ def unalign_landmarks(
   landmarks: np.ndarray, params: AlignParams, convention: str = "deep3d"
 ) -> np.ndarray:
   """Inverse of :func:`align_landmarks`: aligned ``(N, 2)`` -> raw pixel ``(N, 2)`` float32."""
-  return apply_affine(landmarks, invert_affine(params.landmark_affine(convention)))
+  return apply_affine(landmarks, warp.invert_affine(params.landmark_affine(convention)))
 
 
 def paste_back(

@@ -57,8 +57,14 @@ class ExampleMaker:
 
   def __call__(self, index: int, record: layout.Record) -> dict:
     """The example of ``record``, the ``index``-th row of its split."""
-    image = layout.load_image(record.image_path)
-    mask = layout.load_mask(record.mask_path) if record.mask_path else None
+    try:
+      image = layout.load_image(record.image_path)
+      mask = layout.load_mask(record.mask_path) if record.mask_path else None
+    except (OSError, ValueError) as e:  # truncated or corrupt files fail only when decoded
+      raise ValueError(
+        f"{record.csv_file}, row {record.row}: cannot decode {record.name!r} "
+        f"({record.image_path}): {e}"
+      ) from e
     size = alignment.TARGET_SIZE
     if self.align:
       image, landmarks, mask, params = alignment.align_sample(

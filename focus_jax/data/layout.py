@@ -27,10 +27,11 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from focus_jax import files
 
 log = logging.getLogger(__name__)
 
@@ -274,20 +275,6 @@ def load_mask(path: str) -> np.ndarray:
   return (m > high).astype(np.uint8)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".csv")
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def format_row(name: str, landmarks: np.ndarray, decimals: int = 2) -> str:
   """One CSV line ``name,x1,y1,...`` (no newline) for ``landmarks (68, 2)``."""
   lm = np.asarray(landmarks, np.float64).reshape(-1)
@@ -306,7 +293,8 @@ def write_csv(path: str, rows: list[tuple[str, np.ndarray]], decimals: int = 2) 
     rows: ``(name, landmarks (68, 2) float)`` pairs.
     decimals: digits after the point.
   """
-  _atomic_write_text(path, "".join(format_row(n, lm, decimals) + "\n" for n, lm in rows))
+  # "\n" line ends on every platform: the text is written as bytes, untranslated.
+  files.write_text(path, "".join(format_row(n, lm, decimals) + "\n" for n, lm in rows))
 
 
 def split_names(names: list[str], fractions: tuple[float, ...], seed: int = 0) -> list[list[str]]:

@@ -114,6 +114,7 @@ def make_dataset(
   process_index: int = 0,
   process_count: int = 1,
   augment_config: augment.AugmentConfig | None = None,
+  image_size: int | None = None,
 ):
   """The grain ``MapDataset`` of this process's batches.
 
@@ -128,6 +129,8 @@ def make_dataset(
     process_index, process_count: this process's shard (``jax.process_index()``,
       ``jax.process_count()`` in multi-host runs; arguments so that tests can fake them).
     augment_config: augmentation ranges.
+    image_size: side of the batches' images when it differs from the examples' (224): see
+      :class:`Resize`.
 
   Returns:
     A ``grain.MapDataset`` of dicts of numpy arrays with leading axis ``global_batch_size //
@@ -156,7 +159,36 @@ def make_dataset(
     longest = -(-len(source) // process_count)
     ds = grain.MapDataset.source(_Padded(ds, -(-longest // local_batch) * local_batch))
   ds = ds.map_with_index(_Prepare(seed, n, train, augment_config or augment.AugmentConfig()))
+  if image_size:
+    ds = ds.map(Resize(image_size))
   return ds.batch(local_batch, drop_remainder=train)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resize:
+  """Resizes a prepared example to ``size`` x ``size`` pixels (``config.data.image_size``).
+
+  Images use the area filter, masks too (then thresholded at 0.5), and landmarks scale about
+  pixel centres, ``x' = (x + 0.5) s - 0.5`` with ``s = size / W``: the camera's principal point
+  ``(W - 1) / 2`` and focal length ``9.06 W / 2`` (SPEC §2) follow the same map, so a face
+  rendered at ``size`` matches the resized image.
+  """
+
+  size: int
+
+  def __call__(self, example: dict) -> dict:
+    import cv2
+
+    image = example["image"]
+    if image.shape[:2] == (self.size, self.size):
+      return example
+    dims, scale = (self.size, self.size), self.size / image.shape[1]
+    out = dict(example)
+    out["image"] = cv2.resize(image, dims, interpolation=cv2.INTER_AREA)
+    out["landmarks"] = ((example["landmarks"] + 0.5) * scale - 0.5).astype(np.float32)
+    mask = cv2.resize(example["mask"], dims, interpolation=cv2.INTER_AREA)
+    out["mask"] = (mask >= 0.5).astype(np.float32)
+    return out
 
 
 class _Padded(Sequence):

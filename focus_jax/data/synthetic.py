@@ -38,9 +38,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from focus_jax import files
 from focus_jax.data import layout, occluders
+from focus_jax.render import camera, coefficients
 from focus_jax.render import morphable_model as mm
 
 log = logging.getLogger(__name__)
@@ -89,87 +92,59 @@ class SynthConfig:
 def load_model(spec: str):
   """The morphable model of ``spec``: through ``focus_jax.model_zoo`` (embedded names, ICT, or
   an h5 path)."""
-  from focus_jax import model_zoo
+  from focus_jax.facemodels import zoo
 
-  return model_zoo.load_model(spec)
-
-
-def _landmark_projector(model):
-  """A numpy function ``(coeffs dict) -> (68, 2)`` of approximate landmark pixels, for fast
-  rejection of poses whose landmarks leave the image (the renderer gives the exact ones)."""
-  from focus_jax.render import camera
-
-  idx = np.asarray(model.landmarks)
-  mean = np.asarray(model.shape_mean)[idx] + np.asarray(model.exp_mean)[idx]
-  shape_b = np.asarray(model.shape_basis)[:, idx]
-  exp_b = np.asarray(model.exp_basis)[:, idx]
-  focal, principal = camera.intrinsics(SIZE, SIZE)
-
-  def project(c):
-    pts = mean + np.tensordot(c["shape"], shape_b, 1) + np.tensordot(c["expression"], exp_b, 1)
-    rx, ry, rz = c["pose"][:3]
-    cx, cy, cz, sx, sy, sz = np.cos(rx), np.cos(ry), np.cos(rz), np.sin(rx), np.sin(ry), np.sin(rz)
-    r = (
-      np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-      @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-      @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    )
-    cam = pts @ (camera.FLIP @ r).T + c["pose"][3:] + np.array([0, 0, camera.CAMERA_DISTANCE_MM])
-    return focal * cam[:, :2] / cam[:, 2:] + np.asarray(principal)
-
-  return project
+  return zoo.load_model(spec)
 
 
-def sample_coefficients(
-  rng, sizes: dict, config: SynthConfig, project=None, margin=4.0, blend_weights=False
-) -> dict:
-  """Random coefficients of one face (the renderer's dict, float32).
+def prior_ranges(config: SynthConfig, blend_weights: bool = False) -> coefficients.PriorRanges:
+  """The coefficient distribution of ``config``.
 
   Args:
-    rng: random generator.
-    sizes: ``model.sizes``.
-    config: sampling ranges.
-    project: optional landmark projector; poses are redrawn (up to 20 times) until every
-      landmark lies ``margin`` pixels inside the image.
-    margin: see ``project``.
-    blend_weights: the expression coefficients are blend weights (``model_zoo``'s
+    config: sampling ranges of the generator.
+    blend_weights: the expression coefficients are blend weights (``facemodels.zoo``'s
       ``expression_coefficients(spec) == "blend_weights"``), not standard deviations.
   """
   deg = np.deg2rad
-  c = {
-    "shape": config.shape_std * rng.normal(size=sizes["shape"]),
-    "expression": _sample_expression(rng, sizes["expression"], config, blend_weights),
-    "color": config.color_std * rng.normal(size=sizes["color"]),
-  }
-  # Mostly white light (one set of SH coefficients for all channels) with a small tint, so that
-  # faces do not turn rainbow-coloured.
-  shared = config.light_std * rng.normal(size=9)
-  shared[0] = config.ambient_std * rng.normal()
-  light = shared[None, :] + config.light_tint_std * rng.normal(size=(3, 9))
-  c["light"] = light.reshape(27)
-  for _ in range(20):
-    angles = [
-      deg(config.pitch_deg) * rng.uniform(-1, 1),
-      deg(config.yaw_deg) * rng.uniform(-1, 1),
-      deg(config.roll_deg) * rng.uniform(-1, 1),
-    ]
-    t = [*(config.translation_mm * rng.uniform(-1, 1, 2)), rng.uniform(*config.tz_mm)]
-    c["pose"] = np.array([*angles, *t])
-    if project is None:
-      break
-    lm = project(c)
-    if np.all((lm >= margin) & (lm <= SIZE - 1 - margin)):
-      break
-  return {k: np.asarray(v, np.float32) for k, v in c.items()}
+  return coefficients.PriorRanges(
+    shape_std=config.shape_std,
+    expression_std=config.expression_std,
+    color_std=config.color_std,
+    blend_shapes=config.active_blend_shapes if blend_weights else None,
+    max_blend_weight=config.max_blend_weight,
+    rotation=(deg(config.pitch_deg), deg(config.yaw_deg), deg(config.roll_deg)),
+    translation=config.translation_mm,
+    depth=config.tz_mm,
+    ambient_std=config.ambient_std,
+    band_std=(config.light_std, config.light_std),
+    tint_std=config.light_tint_std,
+  )
 
 
-def _sample_expression(rng, size: int, config: SynthConfig, blend_weights: bool) -> np.ndarray:
-  if not blend_weights:
-    return config.expression_std * rng.normal(size=size)
-  weights = np.zeros(size)
-  active = rng.choice(size, size=min(config.active_blend_shapes, size), replace=False)
-  weights[active] = rng.uniform(0.0, config.max_blend_weight, active.size)
-  return weights
+@jax.jit
+def _landmark_pixels(model: mm.MorphableModel, coeffs: coefficients.Coefficients) -> jax.Array:
+  """``(68, 2)`` pixel x, y of the landmark vertices at ``SIZE x SIZE`` (the renderer's camera)."""
+  idx = model.landmarks
+  highest = jax.lax.Precision.HIGHEST
+  # Only the 68 landmark rows of the bases: far cheaper than the full mesh, per pose candidate.
+  points = (
+    model.shape_mean[idx]
+    + model.exp_mean[idx]
+    + jnp.einsum("k,kvc->vc", coeffs.shape, model.shape_basis[:, idx], precision=highest)
+    + jnp.einsum("k,kvc->vc", coeffs.expression, model.exp_basis[:, idx], precision=highest)
+  )
+  return camera.project(camera.camera_from_pose(coeffs.pose, SIZE, SIZE), points)[:, :2]
+
+
+def inside_image(model: mm.MorphableModel, margin: float = 4.0):
+  """An ``accept`` test for :func:`coefficients.sample`: every landmark lies ``margin`` pixels
+  inside the ``SIZE x SIZE`` image."""
+
+  def accept(coeffs: coefficients.Coefficients) -> bool:
+    lm = np.asarray(_landmark_pixels(model, coeffs))
+    return bool(np.all((lm >= margin) & (lm <= SIZE - 1 - margin)))
+
+  return accept
 
 
 def compose(
@@ -207,7 +182,7 @@ def compose(
 
 
 @jax.jit
-def render_faces(model: mm.MorphableModel, coeffs: dict) -> dict:
+def render_faces(model: mm.MorphableModel, coeffs: coefficients.Coefficients) -> dict:
   """Renders a batch at 224 x 224 with :func:`pipeline.render_batch`, keeping what the generator
   uses (XLA then drops the soft mask), plus the model-frame vertices, in one compiled call.
 
@@ -222,26 +197,8 @@ def render_faces(model: mm.MorphableModel, coeffs: dict) -> dict:
   from focus_jax.render import pipeline
 
   out = pipeline.render_batch(model, coeffs, SIZE, SIZE)
-  vertices = jax.vmap(mm.vertices, in_axes=(None, 0, 0))(
-    model, coeffs["shape"], coeffs["expression"]
-  )
+  vertices = jax.vmap(mm.vertices, in_axes=(None, 0, 0))(model, coeffs.shape, coeffs.expression)
   return {"image": out.image, "mask": out.mask, "landmarks": out.landmarks, "vertices": vertices}
-
-
-def _write_png(path: str, array: np.ndarray) -> None:
-  import cv2
-
-  tmp = f"{os.path.splitext(path)[0]}.tmp{os.getpid()}.png"
-  data = array[..., ::-1] if array.ndim == 3 else array  # cv2 writes BGR
-  if not cv2.imwrite(tmp, np.ascontiguousarray(data)):
-    raise OSError(f"could not write {path}")
-  os.replace(tmp, path)
-
-
-def _save_npz(path: str, arrays: dict) -> None:
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
 
 
 def generate(
@@ -282,26 +239,24 @@ def generate(
     )
   blend_weights = False
   if isinstance(model, str):
-    from focus_jax import model_zoo
+    from focus_jax.facemodels import zoo
 
     spec, model = model, load_model(model)
-    blend_weights = model_zoo.expression_coefficients(spec) == "blend_weights"
+    blend_weights = zoo.expression_coefficients(spec) == "blend_weights"
   else:
     spec = "<MorphableModel>"
   dataset = os.path.join(out, layout.IMAGE_DIR)
   os.makedirs(dataset, exist_ok=True)
-  project = _landmark_projector(model)
+  ranges, accept = prior_ranges(config, blend_weights), inside_image(model)
   coeffs = [
-    sample_coefficients(
-      np.random.default_rng([seed, i, 0]), model.sizes, config, project, blend_weights=blend_weights
-    )
+    coefficients.sample(np.random.default_rng([seed, i, 0]), model.sizes, ranges, accept=accept)
     for i in range(num)
   ]
 
   def batch_of(start):
     part = coeffs[start : start + batch_size]
     part = part + [part[-1]] * (batch_size - len(part))  # one compiled shape for every batch
-    return render_faces(model, {k: np.stack([c[k] for c in part]) for k in part[0]})
+    return render_faces(model, coefficients.stack(part))
 
   names = [f"synth_{i:06d}.png" for i in range(num)]
   landmarks = np.zeros((num, 68, 2), np.float32)
@@ -313,8 +268,8 @@ def generate(
     rng = np.random.default_rng([seed, i, 1])
     image8, visible, occ, _ = compose(rng, image, mask, lm, config)
     path = os.path.join(dataset, names[i])
-    _write_png(path, image8)
-    _write_png(layout.mask_path_for(path), visible.astype(np.uint8) * 255)
+    files.write_png(path, image8)
+    files.write_png(layout.mask_path_for(path), visible.astype(np.uint8) * 255)
     face = max(float((mask > 0.5).sum()), 1.0)
     return float((occ & (mask > 0.5)).sum()) / face
 
@@ -356,11 +311,11 @@ def generate(
   layout.write_csv(layout.csv_path(out, "all"), rows)
 
   now_idx = np.asarray(model.now_landmarks)
-  _save_npz(
+  files.save_npz(
     os.path.join(out, layout.GROUNDTRUTH_FILE),
     {
       "names": np.array(names),
-      **{k: np.stack([c[k] for c in coeffs]) for k in coeffs[0]},
+      **coefficients.stack(coeffs).to_dict(),
       "vertices": vertices,
       "now_landmarks": vertices[:, now_idx],
       "landmarks": landmarks,
@@ -379,10 +334,7 @@ def generate(
     "vertices": int(num_v),
   }
   settings = {"seed": seed, "config": dataclasses.asdict(config), **stats}
-  tmp = os.path.join(out, ".synthetic.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(settings, f, indent=1)
-  os.replace(tmp, os.path.join(out, "synthetic.json"))
+  files.write_json(os.path.join(out, "synthetic.json"), settings)
   return stats
 
 

@@ -156,3 +156,8 @@ def prepare(
     )
   )
   return os.fspath(builder.data_dir)
+
+
+def builder_dir(data_dir: str, config_name: str = "default") -> str:
+  """Where :func:`prepare` puts the dataset ``config_name`` under ``data_dir``."""
+  return os.path.join(data_dir, "focus_faces", config_name, str(VERSION))

@@ -13,13 +13,13 @@ import os
 import cv2
 import numpy as np
 
-from focus_jax import embedded_model
 from focus_jax.data import layout
+from focus_jax.facemodels import landmarks as ibug
 
 
 def standard_landmarks_2d() -> np.ndarray:
   """The standard face's 68 landmarks ``(68, 2)`` in mm, x right, y down, centred."""
-  lm = embedded_model.standard_landmarks()[:, :2] * np.array([1.0, -1.0])
+  lm = ibug.standard_landmarks()[:, :2] * np.array([1.0, -1.0])
   return lm - lm.mean(0)
 
 

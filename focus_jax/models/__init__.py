@@ -11,4 +11,6 @@ Conventions shared by every network here:
 - Sub-module attribute names follow the PyTorch reference implementations (torchvision ResNet,
   insightface IResNet) so that ``focus_jax.convert`` maps weights by name; the FOCUS UNet uses
   its own names and a rename table in ``convert``.
+- Weights are stored in the ``.npz`` format of ``focus_jax.models.weights`` (save, read, load,
+  rebuild a network from its ``__arch__`` record); nothing here imports torch.
 """

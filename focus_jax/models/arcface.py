@@ -16,13 +16,12 @@ insightface ``backbone.pth`` by name. The flatten is done in PyTorch's channel-m
 ``fc`` weights of a converted checkpoint apply unchanged.
 
 The network is only ever used frozen, in inference mode. When no weights are available,
-:func:`load_arcface_or_none` disables the losses that need it (never random weights).
+:func:`focus_jax.models.weights.load_arcface_or_none` disables the losses that need it (never
+random weights).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import NamedTuple
 
 import jax
@@ -41,8 +40,6 @@ INPUT_SIZE = 112
 EMBEDDING_SIZE = 512
 # Losses that need ArcFace features (SPEC §6) and are disabled without weights.
 ARCFACE_LOSSES = ("perceptual", "preserve", "dist")
-
-_log = logging.getLogger(__name__)
 
 
 class Features(NamedTuple):
@@ -185,46 +182,3 @@ class IResNet(nnx.Module):
 def disabled_record(reason: str) -> dict[str, str]:
   """``{loss: 'disabled: <reason>'}`` for every ArcFace loss, for the run's config/metrics."""
   return {name: f"disabled: {reason}" for name in ARCFACE_LOSSES}
-
-
-def load_arcface_or_none(path: str | None) -> tuple[IResNet | None, dict[str, str]]:
-  """Loads frozen ArcFace weights, or disables the ArcFace losses when there are none.
-
-  Args:
-    path: a ``.npz`` written by ``python -m focus_jax.convert arcface`` (or an insightface
-      ``backbone.pth``, converted on the fly when torch is installed); None or '' when not
-      configured.
-
-  Returns:
-    ``(network in eval mode, record)`` with record ``{loss: 'enabled: <path>'}``, or
-    ``(None, record)`` with record ``{loss: 'disabled: <reason>'}`` for the perceptual, preserve
-    and dist losses after one warning. Never a randomly initialised network.
-
-  Raises:
-    ValueError: the file exists but does not hold IResNet weights.
-  """
-  if not path:
-    reason = "no ArcFace weights configured"
-  elif not os.path.exists(path):
-    reason = f"ArcFace weights not found at {path}"
-  else:
-    from focus_jax import convert  # Lazy: convert sits above the models in the import graph.
-
-    if path.endswith((".pth", ".pt")):
-      state = convert.load_torch_state_dict(path)
-      arch, params = convert.convert_state_dict("arcface", state, source=path)
-    else:
-      arch, params = convert.read_params(path)
-    if arch.get("kind") != "iresnet":
-      raise ValueError(f"{path}: holds a {arch.get('kind')!r} network, expected ArcFace iresnet")
-    network = convert.build_module(arch, params, source=path)
-    network.eval()
-    return network, {name: f"enabled: {path}" for name in ARCFACE_LOSSES}
-  _log.warning(
-    "%s: the ArcFace losses (%s) are DISABLED for this run (weight 0). Convert insightface "
-    "ms1mv3 r50 weights with `python -m focus_jax.convert arcface backbone.pth --out "
-    "arcface.npz` and point the config to them to enable them.",
-    reason,
-    ", ".join(ARCFACE_LOSSES),
-  )
-  return None, disabled_record(reason)

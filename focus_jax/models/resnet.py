@@ -11,9 +11,9 @@ feature map by half a pixel relative to PyTorch. Bottleneck blocks stride in the
 (torchvision's "v1.5"). BatchNorm momentum 0.9 (Flax convention) equals PyTorch's 0.1.
 
 :class:`FaceEncoder` is the ResNet with a zero-initialised linear head whose output is split into
-the coefficient groups of the renderer (``shape | expression | color | pose (6) | light (27)``,
-the original order); the encoder-head scalings of SPEC §2 are applied by
-``focus_jax.render.camera.scale_head_outputs`` and nowhere else.
+the renderer's :class:`~focus_jax.render.coefficients.Coefficients` by
+``coefficients.from_head``, which owns the head layout (``shape | expression | color | pose (6) |
+light (27)``, the original order) and the encoder-head scalings of SPEC §2.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from focus_jax.render import camera
+from focus_jax.render import coefficients
 
 # torchvision initialises convolutions with Kaiming-normal (fan out, ReLU gain).
 _KAIMING = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -37,11 +37,6 @@ RESNET_LAYERS = {
   101: ("bottleneck", (3, 4, 23, 3)),
   152: ("bottleneck", (3, 8, 36, 3)),
 }
-
-POSE_SIZE = 6
-LIGHT_SIZE = 27
-# Order of the coefficient groups in the head output (the original's).
-GROUPS = ("shape", "expression", "color", "pose", "light")
 
 
 def conv(
@@ -211,7 +206,7 @@ def coefficient_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
   if missing:
     raise ValueError(f"encoder sizes lack {missing}; got {dict(sizes)}")
   out = {k: int(sizes[k]) for k in ("shape", "expression", "color")}
-  for name, fixed in (("pose", POSE_SIZE), ("light", LIGHT_SIZE)):
+  for name, fixed in (("pose", coefficients.POSE_SIZE), ("light", coefficients.LIGHT_SIZE)):
     if sizes.get(name, fixed) != fixed:
       raise ValueError(f"encoder size of {name!r} must be {fixed}, got {sizes[name]}")
     out[name] = fixed
@@ -245,7 +240,7 @@ class FaceEncoder(nnx.Module):
     """
     sizes = coefficient_sizes(sizes)
     # A tuple of pairs keeps the group layout static (part of the graphdef, not of the state).
-    self.groups = tuple((name, sizes[name]) for name in GROUPS)
+    self.groups = tuple((name, sizes[name]) for name in coefficients.GROUPS)
     self.backbone = ResNet(
       depth,
       num_classes=sum(sizes.values()),
@@ -262,36 +257,14 @@ class FaceEncoder(nnx.Module):
     """Unscaled head output ``(B, sum(sizes))`` float32 for images ``(B, H, W, 3)`` in [0, 1]."""
     return self.backbone(images)
 
-  def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+  def __call__(self, images: jax.Array) -> coefficients.Coefficients:
     """Predicts renderer coefficients.
 
     Args:
       images: ``(B, H, W, 3)`` float32 in [0, 1] (224x224 in FOCUS).
 
     Returns:
-      Dict with ``shape (B, K_shape)``, ``expression (B, K_exp)``, ``color (B, K_color)``,
-      ``pose (B, 6)`` and ``light (B, 27)`` float32, already scaled (SPEC §2): directly the
-      ``coeffs`` of ``pipeline.render_batch``.
+      :class:`~focus_jax.render.coefficients.Coefficients` with fields ``(B, size)`` float32,
+      already scaled (SPEC §2): directly the ``coeffs`` of ``pipeline.render_batch``.
     """
-    return split_head(self.raw(images), self.groups)
-
-
-def split_head(raw: jax.Array, groups) -> dict[str, jax.Array]:
-  """Splits a raw head output ``(..., sum(sizes))`` into scaled coefficient groups.
-
-  Args:
-    raw: ``(..., D)`` float32 head output in the order of ``groups``.
-    groups: sequence of ``(name, size)`` pairs, names from ``GROUPS``.
-
-  Returns:
-    Dict name -> ``(..., size)`` float32 with ``camera.scale_head_outputs`` applied.
-  """
-  total = sum(size for _, size in groups)
-  if raw.shape[-1] != total:
-    raise ValueError(f"head output has {raw.shape[-1]} values, groups {groups} need {total}")
-  out, start = {}, 0
-  for name, size in groups:
-    out[name] = raw[..., start : start + size]
-    start += size
-  out["color"], out["pose"] = camera.scale_head_outputs(out["color"], out["pose"])
-  return out
+    return coefficients.from_head(self.raw(images), self.sizes)

@@ -21,12 +21,6 @@ FOCAL_FACTOR = 9.06
 CAMERA_DISTANCE_MM = 1000.0
 FLIP = np.diag([1.0, -1.0, -1.0]).astype(np.float32)
 
-# Scalings applied to the raw encoder outputs (SPEC §2): they keep the zero-initialised head's
-# early steps in a sensible range for each group.
-COLOR_SCALE = 3.0
-ROTATION_SCALE = 0.3
-DEPTH_SCALE = 0.005
-
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -102,17 +96,3 @@ def project(camera: Camera, points: jax.Array) -> jax.Array:
   safe = jnp.where(depth > 1e-6, depth, 1e-6)
   xy = camera.focal * cam[..., :2] / safe[..., None] + camera.principal
   return jnp.concatenate([xy, depth[..., None]], axis=-1)
-
-
-def scale_head_outputs(color, pose):
-  """Applies the encoder-head scalings of SPEC §2 (the only place they live).
-
-  Args:
-    color: raw color coefficients ``(..., K_color)``.
-    pose: raw camera outputs ``(..., 6)`` = (rx, ry, rz, tx, ty, tz).
-
-  Returns:
-    ``(color * 3, pose)`` with the rotations scaled by 0.3 and ``tz`` by 0.005.
-  """
-  scale = jnp.array([ROTATION_SCALE] * 3 + [1.0, 1.0, DEPTH_SCALE], jnp.float32)
-  return color * COLOR_SCALE, pose * scale

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from focus_jax.render import camera as camera_lib
-from focus_jax.render import composite, interpolate, mesh, shading
+from focus_jax.render import coefficients, composite, interpolate, mesh, shading
 from focus_jax.render import morphable_model as mm
 from focus_jax.render import rasterize as rasterize_lib
 
@@ -50,7 +50,7 @@ class RenderOut:
 @functools.partial(jax.jit, static_argnames=("height", "width", "sigma", "window"))
 def render(
   model: mm.MorphableModel,
-  coeffs: dict,
+  coeffs: coefficients.Coefficients,
   height: int = 224,
   width: int = 224,
   *,
@@ -61,21 +61,16 @@ def render(
 
   Args:
     model: the morphable model (a pytree argument).
-    coeffs: ``'shape' (K_shape,)``, ``'expression' (K_exp,)``, ``'color' (K_color,)``,
-      ``'pose' (6,)`` = (rx, ry, rz, tx, ty, tz), ``'light' (27,)``; float32, already scaled.
+    coeffs: one face's :class:`~focus_jax.render.coefficients.Coefficients` (unbatched fields,
+      float32, already scaled).
     height, width: static image size.
     sigma: static soft-mask ramp half-width in pixels.
     window: static rasteriser level-0 window (speed only); ``None`` chooses.
   """
-  for key in ("shape", "expression", "color", "pose", "light"):
-    if key not in coeffs:
-      raise ValueError(
-        f"render: coeffs lacks '{key}' (expected shape, expression, color, pose, light)"
-      )
   triangles = model.triangles
-  vertices = mm.vertices(model, coeffs["shape"], coeffs["expression"])
-  albedo = mm.albedo(model, coeffs["color"])
-  camera = camera_lib.camera_from_pose(coeffs["pose"], height, width)
+  vertices = mm.vertices(model, coeffs.shape, coeffs.expression)
+  albedo = mm.albedo(model, coeffs.color)
+  camera = camera_lib.camera_from_pose(coeffs.pose, height, width)
   projected = camera_lib.project(camera, vertices)
   fragments = rasterize_lib.rasterize(
     projected, triangles, height=height, width=width, window=window
@@ -85,7 +80,7 @@ def render(
     camera.rotation.T,
     precision=jax.lax.Precision.HIGHEST,
   )
-  colors = shading.shade(normals, albedo, coeffs["light"])
+  colors = shading.shade(normals, albedo, coeffs.light)
   image = interpolate.interpolate(colors, fragments, triangles)
   return RenderOut(
     image=image,
@@ -100,14 +95,14 @@ def render(
 @functools.partial(jax.jit, static_argnames=("height", "width", "sigma", "window"))
 def render_batch(
   model: mm.MorphableModel,
-  coeffs: dict,
+  coeffs: coefficients.Coefficients,
   height: int = 224,
   width: int = 224,
   *,
   sigma: float = 1.0,
   window: int | None = None,
 ) -> RenderOut:
-  """``render`` over a leading batch axis ``B`` of every coefficient; returns batched fields.
+  """``render`` over a leading batch axis ``B`` of ``coeffs``' fields; returns batched fields.
 
   Everything is vmapped except the soft mask, which maps over the batch with ``lax.map``: it
   evaluates only the silhouette band behind a ``lax.cond``, and under ``vmap`` a ``cond`` would

@@ -5,14 +5,13 @@ Specs:
 - ``embedded`` / ``embedded-small``: the small embedded model (tests, quick runs);
 - ``embedded-bfm``: the BFM-sized embedded model (benchmarks);
 - ``ict`` / ``ict-narrow``: the ICT Face Model Light (real faces, MIT license), the full face
-  area or the narrow one (see :mod:`focus_jax.convert_model`). Built once into
-  ``embedded_model.cache_dir()`` from ``$FOCUS_JAX_ICT`` (an ICT-FaceKit checkout, its
-  ``FaceXModel`` folder or ``ict_face_light.npz``) or, when that is unset, from the shared copy
-  ``../shared/data/ict_face_light/ict_face_light.npz`` beside the repository;
+  area or the narrow one (see :mod:`focus_jax.facemodels.ict`). Built once into
+  ``embedded.cache_dir()`` from ``$FOCUS_JAX_ICT`` (an ICT-FaceKit checkout, its
+  ``FaceXModel`` folder or ``ict_face_light.npz``);
 - anything else: a path to an h5 file in the BFM 2017 layout (the real BFM 2017, or the output of
   ``python -m focus_jax.convert_model``).
 
-Every model goes through :func:`morphable_model.load_bfm2017`; ``loader_kwargs`` (``n_shape``,
+Every model goes through :func:`bfm2017.load_bfm2017`; ``loader_kwargs`` (``n_shape``,
 ``n_exp``, ``n_color``, ``crop``, ``landmarks``) go to it. For the ICT specs the component
 counts default to what the file has (100 identity modes are cut to FOCUS's 80; all 53 blend
 shapes and all procedural colour modes are kept), so loading them logs no warning.
@@ -22,36 +21,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
-from focus_jax import embedded_model
+from focus_jax.facemodels import bfm2017, embedded, ict
 from focus_jax.render import morphable_model as mm
 
 ICT_ENV = "FOCUS_JAX_ICT"
-# The shared copy of the compact ICT model, relative to the repository root.
-SHARED_ICT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "ict_face_light"
-SHARED_ICT_NPZ = SHARED_ICT / "ict_face_light.npz"
 
 EMBEDDED = {"embedded": "small", "embedded-small": "small", "embedded-bfm": "bfm"}
 ICT = {"ict": "face", "ict-narrow": "narrow"}
 SPECS = (*EMBEDDED, *ICT)
 
 
-def ict_source() -> str:
-  """The ICT source: ``$FOCUS_JAX_ICT`` if set, else the shared npz; ValueError if neither."""
-  from focus_jax import convert_model
-
-  env = os.environ.get(ICT_ENV)
-  if env:
-    if not os.path.exists(env):
-      raise ValueError(f"${ICT_ENV}={env} does not exist; {convert_model.GET_ICT} in ${ICT_ENV}")
-    return env
-  if SHARED_ICT_NPZ.is_file():
-    return str(SHARED_ICT_NPZ.resolve())
-  raise ValueError(
-    f"ICT Face Model Light not found: ${ICT_ENV} is unset and {SHARED_ICT_NPZ} does not exist; "
-    f"{convert_model.GET_ICT} in ${ICT_ENV} (or the path of ict_face_light.npz)"
-  )
+def ict_source(path: str | None = None) -> str:
+  """The ICT source: ``path`` if given, else ``$FOCUS_JAX_ICT``; ValueError if neither exists."""
+  src = path or os.environ.get(ICT_ENV)
+  origin = "the given path" if path else f"${ICT_ENV}"
+  if not src:
+    raise ValueError(
+      f"ICT Face Model Light not found: ${ICT_ENV} is unset; {ict.GET_ICT} in ${ICT_ENV} (or set "
+      f"it to the path of a compact ict_face_light.npz)"
+    )
+  if not os.path.exists(src):
+    raise ValueError(f"{origin} {src} does not exist; {ict.GET_ICT} in ${ICT_ENV}")
+  return src
 
 
 def _source_key(src: str) -> str:
@@ -66,23 +58,22 @@ def _source_key(src: str) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def ict_path(region: str = "face", directory: str | None = None) -> str:
-  """Path of the cached converted ICT model of ``region``, converting it on first use."""
-  from focus_jax import convert_model
-
-  src = ict_source()
-  directory = directory or embedded_model.cache_dir()
-  name = f"ict_{region}_v{convert_model.CONVERTER_VERSION}_{_source_key(src)}.h5"
+def ict_path(region: str = "face", directory: str | None = None, source: str | None = None) -> str:
+  """Path of the cached converted ICT model of ``region``, converting it on first use from
+  ``source`` (default: ``$FOCUS_JAX_ICT``)."""
+  src = ict_source(source)
+  directory = directory or embedded.cache_dir()
+  name = f"ict_{region}_v{ict.CONVERTER_VERSION}_{_source_key(src)}.h5"
   out = os.path.join(directory, name)
   if not os.path.exists(out):
-    convert_model.convert_ict(src, out, region)
+    ict.convert_ict(src, out, region)
   return out
 
 
 def model_path(spec: str) -> str:
   """The h5 file of ``spec`` (see the module docstring), generated or converted if needed."""
   if spec in EMBEDDED:
-    return embedded_model.path(EMBEDDED[spec])
+    return embedded.path(EMBEDDED[spec])
   if spec in ICT:
     return ict_path(ICT[spec])
   if os.path.isfile(spec):
@@ -101,12 +92,12 @@ def load_model(spec: str, **loader_kwargs) -> mm.MorphableModel:
 
     with h5py.File(path, "r") as h5:
       defaults = {
-        "n_shape": min(mm.DEFAULT_COMPONENTS["shape"], h5["shape/model/pcaVariance"].shape[0]),
+        "n_shape": min(bfm2017.DEFAULT_COMPONENTS["shape"], h5["shape/model/pcaVariance"].shape[0]),
         "n_exp": h5["expression/model/pcaVariance"].shape[0],
         "n_color": h5["color/model/pcaVariance"].shape[0],
       }
     loader_kwargs = {**defaults, **loader_kwargs}
-  return mm.load_bfm2017(path, **loader_kwargs)
+  return bfm2017.load_bfm2017(path, **loader_kwargs)
 
 
 def expression_coefficients(spec: str) -> str:

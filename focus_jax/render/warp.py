@@ -1,12 +1,10 @@
-"""Face alignment for the ArcFace losses: 68 landmarks -> 5 points -> similarity -> 112x112 warp.
+"""Affine image warps: least-squares similarities, their inverses, bilinear warping.
 
 Pure JAX (jit / vmap / grad safe). Conventions: images NHWC float32, landmarks pixel ``(x, y)``
 with pixel centres at integer coordinates (x = column, y = row), as in the rest of focus_jax
 and as in OpenCV's ``warpAffine`` / kornia's ``warp_affine(align_corners=True)`` used by the
 original.
 
-- :func:`five_points`: eye centres (mean of the two corners of each eye, iBUG 37/40 and 43/46
-  1-based, as the original's ``extract_5p``), nose tip (31), mouth corners (49, 55).
 - :func:`similarity_transform`: the least-squares similarity (scale, rotation, translation;
   Umeyama without reflections) mapping source points onto destination points, in closed form.
   In 2D the optimum over scaled rotations ``[[a, -b], [b, a]]`` is linear least squares, so
@@ -16,7 +14,9 @@ original.
   and gradient.
 - :func:`warp_affine`: output pixel ``p`` samples the input at ``M^-1 p`` bilinearly, zero
   outside the image (OpenCV ``BORDER_CONSTANT``); linear, hence differentiable, in the image.
-- :func:`align_faces`: all three for a batch, to the ArcFace template (SPEC §5).
+- :func:`invert_affine`: the inverse map, for NumPy (data alignment) and JAX arrays alike.
+
+The ArcFace crop built on these is :mod:`focus_jax.models.arcface_align`.
 """
 
 from __future__ import annotations
@@ -25,40 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# insightface's 112x112 ArcFace template: left eye, right eye, nose, left and right mouth corner.
-ARCFACE_TEMPLATE = np.array(
-  [
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-  ],
-  np.float32,
-)
-ARCFACE_SIZE = 112
 # Source spreads below this fraction of the destination spread count as degenerate: it bounds
 # the fitted scale by 1e3 so that the inverse warp stays finite in float32.
 _DEGENERATE_RATIO = 1e-6
 _HIGHEST = jax.lax.Precision.HIGHEST
-
-
-def five_points(landmarks: jax.Array) -> jax.Array:
-  """5 alignment points from iBUG-68 landmarks.
-
-  Args:
-    landmarks: ``(..., 68, 2)`` float32 pixel ``(x, y)``.
-
-  Returns:
-    ``(..., 5, 2)`` float32: left eye centre, right eye centre, nose tip, left and right mouth
-    corners (image left/right as in the template).
-  """
-  if landmarks.shape[-2:] != (68, 2):
-    raise ValueError(f"five_points expects (..., 68, 2) landmarks, got {landmarks.shape}")
-  lm = jnp.asarray(landmarks, jnp.float32)
-  left_eye = 0.5 * (lm[..., 36, :] + lm[..., 39, :])
-  right_eye = 0.5 * (lm[..., 42, :] + lm[..., 45, :])
-  return jnp.stack([left_eye, right_eye, lm[..., 30, :], lm[..., 48, :], lm[..., 54, :]], -2)
 
 
 def similarity_transform(src: jax.Array, dst: jax.Array) -> jax.Array:
@@ -93,26 +63,29 @@ def similarity_transform(src: jax.Array, dst: jax.Array) -> jax.Array:
   return jnp.concatenate([rotation, translation[..., :, None]], axis=-1)
 
 
-def invert_affine(matrix: jax.Array) -> jax.Array:
+def invert_affine(matrix):
   """Inverse of affine maps ``(..., 2, 3)`` -> ``(..., 2, 3)``.
 
-  A singular linear part (impossible for the similarities above) gives the identity instead of
-  infinities.
+  NumPy in (float64), NumPy out; JAX in (traceable), JAX out. A singular linear part (impossible
+  for similarities) gives the identity instead of infinities.
   """
+  xp = jnp if isinstance(matrix, jax.Array) else np
+  matrix = xp.asarray(matrix, jnp.float32 if xp is jnp else np.float64)
   lin = matrix[..., :2]
   det = lin[..., 0, 0] * lin[..., 1, 1] - lin[..., 0, 1] * lin[..., 1, 0]
-  singular = jnp.abs(det) < 1e-12
-  safe_det = jnp.where(singular, 1.0, det)
-  adj = jnp.stack(
+  singular = xp.abs(det) < 1e-12
+  safe_det = xp.where(singular, 1.0, det)
+  adj = xp.stack(
     [
-      jnp.stack([lin[..., 1, 1], -lin[..., 0, 1]], -1),
-      jnp.stack([-lin[..., 1, 0], lin[..., 0, 0]], -1),
+      xp.stack([lin[..., 1, 1], -lin[..., 0, 1]], -1),
+      xp.stack([-lin[..., 1, 0], lin[..., 0, 0]], -1),
     ],
     -2,
   )
-  inv = jnp.where(singular[..., None, None], jnp.eye(2), adj / safe_det[..., None, None])
-  shift = -jnp.einsum("...ij,...j->...i", inv, matrix[..., 2], precision=_HIGHEST)
-  return jnp.concatenate([inv, shift[..., :, None]], axis=-1)
+  inv = xp.where(singular[..., None, None], xp.eye(2), adj / safe_det[..., None, None])
+  # An elementwise product and sum instead of a matmul: exact float32 on every backend.
+  shift = -xp.sum(inv * matrix[..., None, :, 2], axis=-1)
+  return xp.concatenate([inv, shift[..., :, None]], axis=-1)
 
 
 def _sample_bilinear(image: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -162,38 +135,3 @@ def warp_affine(images: jax.Array, matrices: jax.Array, size: tuple[int, int]) -
   inverse = invert_affine(matrices)
   src = jnp.einsum("bij,hwj->bhwi", inverse, grid, precision=_HIGHEST)
   return jax.vmap(_sample_bilinear)(images, src[..., 0], src[..., 1])
-
-
-def arcface_matrices(landmarks: jax.Array, size: int = ARCFACE_SIZE) -> jax.Array:
-  """Similarity maps ``(..., 2, 3)`` from image pixels to the ArcFace crop of ``size`` pixels.
-
-  Args:
-    landmarks: ``(..., 68, 2)`` float32 pixel ``(x, y)`` in the input image.
-    size: output side (112 for ArcFace; the template is scaled by ``size / 112``).
-  """
-  template = jnp.asarray(ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
-  return similarity_transform(five_points(landmarks), template)
-
-
-def align_faces(
-  images: jax.Array,
-  landmarks: jax.Array,
-  size: int = ARCFACE_SIZE,
-  *,
-  detach_transform: bool = True,
-) -> jax.Array:
-  """Crops faces to the ArcFace template.
-
-  Args:
-    images: ``(B, H, W, C)`` float32 images (e.g. 224x224 renders or inputs in [0, 1]).
-    landmarks: ``(B, 68, 2)`` float32 pixel ``(x, y)`` landmarks of those images.
-    size: output side (112).
-    detach_transform: stop gradients through the landmarks into the transform, as the original
-      (which fitted it in NumPy); gradients then reach only the image.
-
-  Returns:
-    ``(B, size, size, C)`` float32 aligned faces.
-  """
-  if detach_transform:
-    landmarks = jax.lax.stop_gradient(landmarks)
-  return warp_affine(images, arcface_matrices(landmarks, size), (size, size))

@@ -3,7 +3,14 @@
 Conventions (as ``focus_jax.losses``): images NHWC ``(B, H, W, C)`` float32 in [0, 1], masks
 ``(B, H, W)`` float32, landmarks ``(B, 68, 2)`` float32 pixel (x, y) in iBUG-68 order. Masks use
 1 = visible face (not occluded). Every metric returns per-image values ``(B,)``;
-:func:`summarize` gives their mean and standard deviation over images. Pure jax/numpy, jittable.
+:func:`summarize` gives their mean and standard deviation over images, :func:`summarize_images`
+the same with NaN marking images where a metric is undefined, :func:`landmark_summary` the
+landmark table's medians. Pure jax/numpy; the per-image metrics are jittable.
+
+Two classes are scored inside the rendered region: the original's *visible* class
+(:func:`mask_scores`) and the *occluder* class (:func:`occluder_scores`, occluder = not visible),
+whose scores are the usual segmentation scores of the occluders. On images without any occluder
+the occluder scores are meaningless (no positive pixel); :func:`false_alarm` scores those.
 
 Mask scores follow the original's ``util/evaluation.py`` exactly, so numbers compare with its
 tables: areas are sums of mask products (soft masks give soft areas, as in the original, which
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # iBUG-68 outer eye corners (0-based) used to normalise landmark errors.
 OUTER_EYE_CORNERS = (36, 45)
@@ -85,6 +93,82 @@ def mask_scores(
     "precision": tp / (tp + fp),
     "recall": tp / (tp + fn),
     "f1": 2.0 * tp / (2.0 * tp + fp + fn),
+  }
+
+
+def occluder_scores(
+  gt_mask: jax.Array, est_mask: jax.Array, render_mask: jax.Array
+) -> dict[str, jax.Array]:
+  """Per-image scores of the occluder class (occluder = not visible) inside the rendered region.
+
+  The occluder class swaps the roles of the visible-class areas of :func:`confusion_areas`
+  (clamped to >= 1 pixel each, as the original clamps): occluder TP = visible TN, occluder
+  FP = visible FN (visible skin marked occluded), occluder FN = visible FP (a missed occluder).
+  precision = TN/(TN+FN), recall = TN/(TN+FP), F1 = 2TN/(2TN+FN+FP), IoU = TN/(TN+FN+FP).
+  The clamping makes an empty render score 1/2, 1/2, 1/2 and 1/3.
+
+  Args:
+    gt_mask: ``(B, H, W)`` float32 ground-truth visibility in {0, 1}.
+    est_mask: ``(B, H, W)`` float32 estimated visibility in [0, 1] (soft values give soft
+      areas, as in :func:`confusion_areas`).
+    render_mask: ``(B, H, W)`` float32 rendered face region in {0, 1}.
+
+  Returns:
+    ``{'precision', 'recall', 'f1', 'iou'}``, each ``(B,)`` float32.
+  """
+  a = confusion_areas(gt_mask, est_mask, render_mask)
+  tp, fp, fn = a["tn"], a["fn"], a["fp"]
+  return {
+    "precision": tp / (tp + fp),
+    "recall": tp / (tp + fn),
+    "f1": 2.0 * tp / (2.0 * tp + fp + fn),
+    "iou": tp / (tp + fp + fn),
+  }
+
+
+def false_alarm(est_mask: jax.Array, render_mask: jax.Array) -> jax.Array:
+  """Per-image fraction of the rendered region marked occluded: ``sum (1-E) R / max(sum R, 1)``.
+
+  Meant for images whose ground truth has no occluder on the face, where every pixel marked
+  occluded is a false alarm (the caller selects those images; no ground-truth mask is needed).
+
+  Args:
+    est_mask: ``(B, H, W)`` float32 estimated visibility in [0, 1].
+    render_mask: ``(B, H, W)`` float32 rendered face region in {0, 1}.
+
+  Returns:
+    ``(B,)`` float32 fractions in [0, 1] (0 for an empty render).
+  """
+  if est_mask.ndim != 3 or render_mask.shape != est_mask.shape:
+    raise ValueError(
+      f"expected est_mask and render_mask of equal shape (B, H, W), got "
+      f"{tuple(est_mask.shape)} and {tuple(render_mask.shape)}"
+    )
+  marked = jnp.sum((1.0 - est_mask) * render_mask, axis=(1, 2))
+  return marked / jnp.maximum(jnp.sum(render_mask, axis=(1, 2)), 1.0)
+
+
+def image_scores(
+  gt_mask: jax.Array, est_mask: jax.Array, render_mask: jax.Array
+) -> dict[str, jax.Array]:
+  """Every per-image mask metric of an evaluation, in one call (one jitted program).
+
+  Args:
+    gt_mask: ``(B, H, W)`` float32 ground-truth visibility in {0, 1}.
+    est_mask: ``(B, H, W)`` float32 estimated visibility in [0, 1].
+    render_mask: ``(B, H, W)`` float32 rendered face region in {0, 1}.
+
+  Returns:
+    ``visible_{accuracy,precision,recall,f1}`` (:func:`mask_scores`),
+    ``occluder_{precision,recall,f1,iou}`` (:func:`occluder_scores`) and ``false_alarm``
+    (:func:`false_alarm`), each ``(B,)`` float32.
+  """
+  visible = mask_scores(gt_mask, est_mask, render_mask)
+  occluder = occluder_scores(gt_mask, est_mask, render_mask)
+  return {
+    **{f"visible_{k}": v for k, v in visible.items()},
+    **{f"occluder_{k}": v for k, v in occluder.items()},
+    "false_alarm": false_alarm(est_mask, render_mask),
   }
 
 
@@ -160,3 +244,46 @@ def summarize(per_image: dict[str, jax.Array]) -> dict[str, float]:
     out[f"{name}_mean"] = float(jnp.mean(values))
     out[f"{name}_std"] = float(jnp.std(values))
   return out
+
+
+def summarize_images(per_image: dict[str, np.ndarray]) -> dict[str, float | None]:
+  """Mean and (population) standard deviation over images, NaN marking undefined images.
+
+  Args:
+    per_image: name -> ``(N,)`` per-image values; NaN where the metric is undefined for an
+      image (e.g. occluder scores of an unoccluded image).
+
+  Returns:
+    ``{'<name>': mean, '<name>_std': std}`` over the finite values, as Python floats; both
+    ``None`` when no image defines the metric.
+  """
+  out = {}
+  for name, values in per_image.items():
+    values = np.asarray(values, np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    defined = values.size > 0
+    out[name] = float(np.mean(values)) if defined else None
+    out[f"{name}_std"] = float(np.std(values)) if defined else None
+  return out
+
+
+def landmark_summary(pixels: np.ndarray, normalized: np.ndarray) -> dict[str, float]:
+  """The landmark table of an evaluation from :func:`landmark_error`'s per-image values.
+
+  Args:
+    pixels: ``(N,)`` per-image mean landmark errors in pixels.
+    normalized: ``(N,)`` the same divided by the inter-ocular distance.
+
+  Returns:
+    ``{'px_median', 'nme_median', 'nme_mean'}`` over images.
+  """
+  pixels, normalized = np.asarray(pixels, np.float64), np.asarray(normalized, np.float64)
+  if pixels.size == 0 or pixels.shape != normalized.shape:
+    raise ValueError(
+      f"expected equal non-empty (N,) arrays, got {pixels.shape} and {normalized.shape}"
+    )
+  return {
+    "px_median": float(np.median(pixels)),
+    "nme_median": float(np.median(normalized)),
+    "nme_mean": float(np.mean(normalized)),
+  }

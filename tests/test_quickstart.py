@@ -1,0 +1,66 @@
+"""The quick-start chain: its configs, and a second run that resumes instead of restarting."""
+
+import os
+
+import pytest
+from conftest import SMOKE_CHAIN
+
+from focus_jax import checkpoint, config_lib, metric_writer, quickstart
+
+
+def test_chain_configs_link_the_stages(tmp_path):
+  configs = quickstart.chain_configs(str(tmp_path), "cpu", {"total_steps": 3})
+  assert list(configs) == ["pretrain", "unet_pretrain", "em"]
+  roots = {c.data.image_root for c in configs.values()}
+  assert roots == {str(tmp_path / "synthetic")}
+  assert configs["pretrain"].init_from == ""
+  assert configs["unet_pretrain"].init_from == str(tmp_path / "pretrain")
+  assert configs["em"].init_from == str(tmp_path / "unet_pretrain")
+  assert all(c.total_steps == 3 for c in configs.values())
+  # The full variant is the SPEC §7 stage configs.
+  full = quickstart.chain_configs(str(tmp_path), "full")["em"]
+  assert full.optim.encoder_lr == config_lib.stage_config("em").optim.encoder_lr
+  with pytest.raises(ValueError, match="unknown variant"):
+    quickstart.chain_configs(str(tmp_path), "huge")
+
+
+def test_second_run_resumes_instead_of_restarting(smoke_chain):
+  workdir, _ = smoke_chain
+
+  def snapshot():
+    out = {}
+    for stage in quickstart.STAGES:
+      directory = os.path.join(workdir, stage)
+      records = metric_writer.read_jsonl(os.path.join(directory, "metrics.jsonl"))
+      out[stage] = (
+        checkpoint.latest_step(os.path.join(directory, "checkpoints")),
+        len([r for r in records if "step" in r]),
+      )
+    return out
+
+  before = snapshot()
+  assert all(step == 1 and logged == 1 for step, logged in before.values())
+  data = os.path.join(workdir, "synthetic", "all_landmarks.csv")
+  stamp = os.stat(data).st_mtime_ns
+  quickstart.run(workdir, "smoke", SMOKE_CHAIN, evaluate=False)
+  assert snapshot() == before  # no stage trained again
+  assert os.stat(data).st_mtime_ns == stamp  # the data was not regenerated
+
+
+@pytest.mark.slow  # the README's quick start itself: about 15 minutes on 2 cores
+def test_quickstart_meets_the_targets(tmp_path):
+  """The targets of the "prove that it works" issue, on the chain's 120 synthetic test faces."""
+  import time
+
+  start = time.time()
+  record = quickstart.run(str(tmp_path / "quickstart"), "cpu")
+  minutes = (time.time() - start) / 60
+  masks, lm, s3d = record["masks"], record["landmarks"], record["shape_3d"]
+  assert record["num_images"] >= 100
+  assert minutes <= 20, f"chain took {minutes:.1f} min"
+  assert masks["em"]["occluder_iou"] >= 0.5
+  assert masks["em"]["occluder_iou"] >= masks["stage1"]["occluder_iou"] + 0.10
+  assert masks["em"]["visible_accuracy"] >= masks["all_visible"]["visible_accuracy"] + 0.05
+  assert masks["em"]["false_alarm"] < 0.05
+  assert s3d["prediction"]["median_mm"] <= 0.8 * s3d["mean_face"]["median_mm"]
+  assert lm["em"]["nme_median"] < lm["mean_face"]["nme_median"]
