@@ -11,7 +11,9 @@ Conventions owned here and used by every module of the core:
 - Pixel centres sit at integer coordinates; x is the column (right), y is the row (down).
 - Camera coordinates: x right, y down, z away from the camera (depth), see ``camera.py``.
 
-Modules: ``morphable_model`` (3DMM record, BFM 2017 h5 reader/writer), ``camera``
-(extrinsics, intrinsics, projection), ``mesh`` (normals), ``shading`` (spherical harmonics).
-The core imports jax and numpy only (h5py lazily, inside the file readers).
+Modules: ``morphable_model`` (the 3DMM record), ``coefficients`` (the ``Coefficients`` record,
+head scalings, prior sampler), ``camera`` (extrinsics, intrinsics, projection), ``mesh``
+(normals), ``shading`` (spherical harmonics), ``rasterize`` / ``interpolate`` / ``composite``
+(z-buffer, attributes, soft mask), ``warp`` (affine image warps), ``pipeline`` (coefficients ->
+render). The core imports jax and numpy only; files are read in ``focus_jax.facemodels``.
 """
