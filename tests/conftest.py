@@ -37,7 +37,7 @@ def fast_compile():
 
 @pytest.fixture(scope="session")
 def smoke_chain(tmp_path_factory):
-  """A chain workdir trained by ``focus_jax.quickstart`` at smoke sizes (one step per stage),
+  """A chain workdir trained by ``focus_jax.quickstart`` at smoke sizes (two steps per stage),
   with its wall times: ``(workdir, first_run_seconds)``.
 
   The chain only has to exist, so XLA's optimisation passes are off while it trains (about 40%
@@ -60,10 +60,13 @@ def smoke_chain(tmp_path_factory):
   return workdir, seconds
 
 
-# One step per stage on 16 faces, batch 8 = the 8 fake devices.
+# Two steps per stage on 16 faces, batch 8 = the 8 fake devices; EM periods of 2 steps, so EM
+# takes one UNet step and one encoder step.
 SMOKE_CHAIN = {
   "batch_size": 8,
-  "total_steps": 1,
+  "total_steps": 2,
+  "em.period_steps": 2,
+  "em.unet_steps": 0,
   "log_every_steps": 1,
   "data.synthetic_num": 16,
   "data.source": "memory",

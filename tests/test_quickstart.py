@@ -39,7 +39,7 @@ def test_second_run_resumes_instead_of_restarting(smoke_chain):
     return out
 
   before = snapshot()
-  assert all(step == 1 and logged == 1 for step, logged in before.values())
+  assert all(step == 2 and logged == 2 for step, logged in before.values())
   data = os.path.join(workdir, "synthetic", "all_landmarks.csv")
   stamp = os.stat(data).st_mtime_ns
   quickstart.run(workdir, "smoke", SMOKE_CHAIN, evaluate=False)

@@ -112,6 +112,7 @@ def _smoke(name, image_root, total_steps, **overrides):
   return config
 
 
+@pytest.mark.slow  # ~2.5 min; CI trains both EM phases in the smoke chain (conftest)
 def test_em_smoke_run_resumes_exactly(image_root, tmp_path):
   """Both EM phases run; stopping and resuming reproduces the uninterrupted run exactly."""
   straight = str(tmp_path / "straight")
@@ -134,7 +135,7 @@ def test_em_smoke_run_resumes_exactly(image_root, tmp_path):
     assert json.load(f)["losses"]["dist"].startswith("disabled")
 
 
-@pytest.mark.slow  # ~45 s of compilation; the EM smoke test covers the UNet step in CI
+@pytest.mark.slow  # ~45 s of compilation; the smoke chain (conftest) trains the UNet in CI
 def test_unet_pretrain_from_stage1_checkpoint(image_root, tmp_path):
   stage1 = str(tmp_path / "pretrain")
   train.train_and_evaluate(_smoke("pretrain", image_root, 1), stage1)
@@ -148,6 +149,7 @@ def test_unet_pretrain_from_stage1_checkpoint(image_root, tmp_path):
     )
 
 
+@pytest.mark.slow  # ~1.3 min: the stage-1 step compiled for 1 and 8 devices
 def test_sharded_step_equals_single_device(image_root):
   """The jitted encoder step on 8 devices (batch sharded) equals the same step on 1 device."""
   config = _smoke("pretrain", image_root, 1)

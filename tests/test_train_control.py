@@ -47,6 +47,7 @@ def test_nonfinite_stops_naming_the_last_good_checkpoint(image_root, tmp_path):
   assert not os.path.exists(os.path.join(workdir, lock.LOCK_FILE))  # released on the way out
 
 
+@pytest.mark.slow  # ~30 s; the stop case covers the in-step check in CI
 def test_nonfinite_skip_batch_keeps_the_last_good_state(image_root, tmp_path):
   workdir = str(tmp_path / "run")
   config = _smoke("pretrain", image_root, 4, checkpoint_every_steps=2, nonfinite="skip_batch")
@@ -165,6 +166,7 @@ def test_corrupt_image_names_file_and_row(image_root, tmp_path):
     maker(1, victim)
 
 
+@pytest.mark.slow  # ~20 s; tfds reading itself is tested in test_data_tfds
 def test_training_streams_a_prepared_tfds_source(image_root, tmp_path):
   config = _smoke("pretrain", image_root, 1)
   config.data.source = "tfds"
@@ -248,6 +250,7 @@ def test_sigterm_to_the_command_saves_and_exits_cleanly(image_root, tmp_path):
   assert 1 <= checkpoint.latest_step(os.path.join(workdir, "checkpoints")) < 500
 
 
+@pytest.mark.slow  # ~30 s of compilation
 def test_validation_during_training_writes_scalars_and_a_grid(image_root, tmp_path):
   workdir = tmp_path / "run"
   config = _smoke("pretrain", image_root, 2, eval_every_steps=2, eval_split="all", eval_batches=1)
