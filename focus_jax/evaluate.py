@@ -144,8 +144,7 @@ def load_stage(workdir: str) -> Stage:
   directory = os.path.join(workdir, "checkpoints")
   if checkpoint.latest_step(directory) is None:
     raise ValueError(f"{directory}: no checkpoint to evaluate")
-  restored = (_restore_networks(directory, parts),)
-  state = restored[0]
+  state = _restore_networks(directory, parts)
   parts = {"encoder": state["encoder"], "unet": state["unet"]}
   return Stage(record["stage"], workdir, config, nets, parts, int(state["step"]))
 
