@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from focus_jax import checkpoint, files, losses, objectives, sharding, train
+from focus_jax import files, losses, objectives, sharding, train
 from focus_jax.eval import metrics, now, report
 from focus_jax.render import camera, pipeline
 from focus_jax.render import morphable_model as mm
@@ -133,26 +133,13 @@ def find_stages(workdir: str) -> dict[str, str]:
 
 
 def load_stage(workdir: str) -> Stage:
-  """Rebuilds the networks of a stage workdir from its ``config.json`` and restores them (only
-  ``step``, ``encoder`` and ``unet`` of the stored train state are read)."""
+  """Rebuilds the networks of a stage workdir from its ``config.json`` and restores them."""
   with open(os.path.join(workdir, "config.json")) as f:
     record = json.load(f)
   config = ml_collections.ConfigDict(record["config"])
-  config.encoder.init = ""  # the checkpoint holds the trained encoder
-  # ArcFace only shapes training losses; it is neither in the train state nor evaluated.
-  nets, parts, _, _ = train.build_networks(config, train.load_model(config).sizes, arcface=False)
-  directory = os.path.join(workdir, "checkpoints")
-  if checkpoint.latest_step(directory) is None:
-    raise ValueError(f"{directory}: no checkpoint to evaluate")
-  state = _restore_networks(directory, parts)
-  parts = {"encoder": state["encoder"], "unet": state["unet"]}
-  return Stage(record["stage"], workdir, config, nets, parts, int(state["step"]))
-
-
-def _restore_networks(directory: str, parts: dict) -> dict:
-  """``{'step', 'encoder', 'unet'}`` of the latest checkpoint in ``directory`` (the other
-  entries of the stored train state are not read)."""
-  return checkpoint.restore_subtrees(directory, {"step": jnp.int32(0), **parts})
+  sizes = train.load_model(config).sizes
+  nets, parts, step = train.restore_networks(workdir, config, sizes)
+  return Stage(record["stage"], workdir, config, nets, parts, step)
 
 
 def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:

@@ -118,6 +118,37 @@ def build_networks(config: ml_collections.ConfigDict, sizes: dict, arcface: bool
   )
 
 
+def restore_networks(workdir: str, config: ml_collections.ConfigDict, sizes: dict):
+  """``(nets, parts, step)``: the encoder and UNet of a stage workdir's latest checkpoint (the
+  rest of the stored train state is not read).
+
+  The networks are built abstractly (``jax.eval_shape``): initialising them eagerly runs every
+  initialiser op one by one, about a minute on 2 CPU cores, only for the restore to overwrite
+  the values.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  if checkpoint.latest_step(directory) is None:
+    raise ValueError(f"{directory}: no checkpoint (did the stage run and save one?)")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.encoder.init = ""  # the checkpoint holds the trained encoder
+  captured = {}
+
+  def build():
+    # ArcFace only shapes training losses: it is not in the train state.
+    nets, parts, _, _ = build_networks(config, sizes, arcface=False)
+    captured["nets"] = nets  # graph definitions are static: safe to keep out of the trace
+    return parts
+
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), jax.eval_shape(build)
+  )
+  target["step"] = jax.ShapeDtypeStruct((), jnp.int32, sharding=device)
+  state = checkpoint.restore_subtrees(directory, target)
+  parts = {"encoder": state["encoder"], "unet": state["unet"]}
+  return captured["nets"], parts, int(state["step"])
+
+
 # --------------------------------------------------------------------------------------------
 # Update steps.
 
@@ -594,6 +625,11 @@ def _loop(config, workdir, mesh, replicated, nets, state, frozen, mngr, writer, 
   step_config = json.dumps({k: config.to_dict()[k] for k in step_keys}, sort_keys=True)
   steps = compiled_steps(nets, step_config, replicated)
   batches = make_batches(config, workdir, mesh, config.data.split, start, train=True)
+  if signals.received is not None:
+    # Interrupted while setting up: nothing new to save, and compiling the step first would
+    # keep the user waiting for minutes.
+    log.warning("Stopped by %s before step %d; nothing to save.", signals.received, start + 1)
+    return {"interrupted": signals.received, "step": start}
   health = _Health()
   meter = _Meter(config, start)
   try:

@@ -12,7 +12,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from focus_jax import checkpoint, config_lib, metric_writer, sharding, train
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 

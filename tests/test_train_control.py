@@ -15,8 +15,6 @@ from test_train import _smoke
 
 from focus_jax import checkpoint, lock, metric_writer, train
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _checkpoint_states(workdir, config):
   """Every checkpoint on disk, restored into the run's state layout."""
@@ -239,12 +237,13 @@ def test_sigterm_to_the_command_saves_and_exits_cleanly(image_root, tmp_path):
     text=True,
   )
   metrics = os.path.join(workdir, "metrics.jsonl")
-  for _ in range(2400):
+  deadline = time.time() + 600  # compilation alone takes minutes on a loaded machine
+  while time.time() < deadline:
     if os.path.exists(metrics) and '"step"' in open(metrics).read():
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=120)
+  _, err = proc.communicate(timeout=300)
   assert proc.returncode == 143, err
   assert "Run the same command to resume" in err and "Traceback" not in err
   assert 1 <= checkpoint.latest_step(os.path.join(workdir, "checkpoints")) < 500
