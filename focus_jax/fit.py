@@ -56,6 +56,8 @@ class FitConfig:
     photometric, landmarks, stat_reg: loss weights (landmarks in pixels^2 at ``image_size``).
     step_sizes: Adam step per group (``shape, expression, color, light``; the pose's
       ``rotation`` in rad and ``translation``, ``depth`` in mm), decayed by a cosine to 10%.
+    original_shading: shade as the original FOCUS code (``pipeline.render``); :func:`fit_image`
+      takes it from its reconstructor.
   """
 
   steps: int = 120
@@ -74,6 +76,7 @@ class FitConfig:
     ("translation", 0.4),
     ("depth", 1.5),
   )
+  original_shading: bool = False
 
 
 def _step_tree(sizes: dict, step_sizes: dict) -> coefficients.Coefficients:
@@ -139,7 +142,9 @@ def _fit(
   size = image.shape[1]
 
   def render(c):
-    return pipeline.render_batch(model, _batched(c), size, size)
+    return pipeline.render_batch(
+      model, _batched(c), size, size, original_shading=config.original_shading
+    )
 
   def mask_of(c):
     out = render(c)
@@ -199,13 +204,13 @@ def _fit(
   return c, history.reshape(-1), mask_of(c)
 
 
-@functools.partial(jax.jit, static_argnames=("unet", "unet_size"))
-def _finish(model, image, coeffs, unet_part, *, unet, unet_size):
+@functools.partial(jax.jit, static_argnames=("unet", "unet_size", "original_shading"))
+def _finish(model, image, coeffs, unet_part, *, unet, unet_size, original_shading):
   """The :class:`~focus_jax.reconstruct.Reconstruction` of fitted coefficients ``(1, ...)``."""
   from focus_jax import objectives, reconstruct
 
   size = image.shape[1]
-  out = pipeline.render_batch(model, coeffs, size, size)
+  out = pipeline.render_batch(model, coeffs, size, size, original_shading=original_shading)
   if unet is None:
     _, visible = losses.robust_photometric(image, out.image, out.mask)
   else:
@@ -281,6 +286,7 @@ def fit_image(
     init = jax.tree.map(lambda x: jnp.asarray(x[0]), start.coefficients)
     unet, unet_part = recon.unet or (None, None)
     unet_size = recon.image_size
+    config = dataclasses.replace(config, original_shading=recon.original_shading)
   else:
     face_model = reconstruct._load_model(model)
     init = jax.tree.map(jnp.asarray, coefficients.Coefficients.zeros(face_model.sizes))
@@ -301,7 +307,15 @@ def fit_image(
   )
 
   def finish(c):
-    out = _finish(face_model, image_j, _batched(c), unet_part, unet=unet, unet_size=unet_size)
+    out = _finish(
+      face_model,
+      image_j,
+      _batched(c),
+      unet_part,
+      unet=unet,
+      unet_size=unet_size,
+      original_shading=config.original_shading,
+    )
     return jax.device_get(out)
 
   result, begin = finish(fitted), finish(init)

@@ -219,7 +219,9 @@ def em_encoder_loss(enc_part, unet_part, batch, frozen, nets: Networks, weights,
   coeffs = encoder(image)
   out = _render(frozen, coeffs, image)
   network = merge(nets.unet, unet_part, train=False)
-  visible = jax.lax.stop_gradient(network(out.image, image)[..., 0])
+  # The UNet gets a detached render, so no tangent enters it and no backward pass through it is
+  # built (the original ran one and discarded its gradients); its mask is a constant here.
+  visible = jax.lax.stop_gradient(network(jax.lax.stop_gradient(out.image), image)[..., 0])
   render_mask = out.soft_mask if soft_area else out.mask
   terms = {
     "masked_rec": losses.masked_reconstruction(image, out.image, out.mask * visible),
@@ -254,17 +256,19 @@ def em_unet_loss(unet_part, enc_part, batch, frozen, nets: Networks, weights, ke
     "neighbour": losses.neighbour_loss(image, out.image, m),
   }
   if nets.arcface is not None:
-    masked_image = image * m[..., None]
+    face_id = merge(nets.arcface, frozen["arcface"], train=False)
+
+    def shallow(images, landmarks):  # stem + first stage only: no deep layers to prune
+      return face_id.shallow(arcface_align.align_faces(images, landmarks))
+
     lm = batch["landmarks"]
+    # I*M's features feed both terms: computed once, so one backward pass through them, not two.
+    masked = shallow(image * m[..., None], lm)
     terms["preserve"] = losses.preserve_loss(
-      _arcface(nets, frozen, image, lm).shallow,
-      _arcface(nets, frozen, masked_image, lm).shallow,
-      weights.width_normalize,
+      jax.lax.stop_gradient(shallow(image, lm)), masked, weights.width_normalize
     )
     terms["dist"] = losses.dist_loss(
-      _arcface(nets, frozen, out.image * m[..., None], out.landmarks).shallow,
-      _arcface(nets, frozen, masked_image, lm).shallow,
-      weights.width_normalize,
+      shallow(out.image * m[..., None], out.landmarks), masked, weights.width_normalize
     )
   total = weights.total(terms)
   return total, (_rest(network), {**terms, "loss": total, "visible_fraction": jnp.mean(visible)})

@@ -78,14 +78,16 @@ class Reconstruction:
     return int(self.vertices.shape[0])
 
 
-@functools.partial(jax.jit, static_argnames=("encoder", "unet"))
-def _forward(encoder, unet, parts: dict, model: mm.MorphableModel, images: jax.Array):
+@functools.partial(jax.jit, static_argnames=("encoder", "unet", "original_shading"))
+def _forward(
+  encoder, unet, parts: dict, model: mm.MorphableModel, images: jax.Array, original_shading: bool
+):
   """The compiled pass of :meth:`Reconstructor.forward` (graph definitions are static)."""
   from focus_jax import losses, objectives
 
   coeffs = objectives.merge(encoder, parts["encoder"], train=False)(images)
   size_h, size_w = images.shape[1], images.shape[2]
-  out = pipeline.render_batch(model, coeffs, size_h, size_w)
+  out = pipeline.render_batch(model, coeffs, size_h, size_w, original_shading=original_shading)
   if unet is None:
     _, visible = losses.robust_photometric(images, out.image, out.mask)
   else:
@@ -193,6 +195,7 @@ class Reconstructor:
     source: str = "",
     step: int | None = None,
     model_spec: str = "",
+    original_shading: bool = False,
   ):
     if image_size % 16:
       raise ValueError(
@@ -204,6 +207,9 @@ class Reconstructor:
     self.source = source
     self.step = step
     self.model_spec = model_spec
+    # The original's SH direction (``pipeline.render``): what an encoder converted from an
+    # original FOCUS checkpoint predicts its light for.
+    self.original_shading = bool(original_shading)
     self._encoder_def, encoder_part = encoder
     self._unet_def, unet_part = unet if unet is not None else (None, None)
     self._parts = {"encoder": encoder_part, "unet": unet_part}
@@ -288,6 +294,7 @@ class Reconstructor:
     model: str | mm.MorphableModel = "embedded",
     image_size: int = 224,
     batch_size: int = 8,
+    original_shading: bool = True,
   ) -> Reconstructor:
     """Loads converted weights (``focus_jax.models.weights`` ``.npz``, e.g. the original FOCUS
     checkpoints converted by ``python -m focus_jax.convert focus-encoder|focus-unet``).
@@ -298,6 +305,9 @@ class Reconstructor:
       model: the face model the encoder predicts coefficients of (the original: the BFM 2017 h5).
       image_size: side the networks see (224 for the original).
       batch_size: images per compiled call.
+      original_shading: render with the original's SH direction (``pipeline.render``), which
+        an encoder converted from an original FOCUS checkpoint predicts its light for; False
+        for encoders trained here.
     """
     from focus_jax import objectives
     from focus_jax.models import resnet, weights
@@ -316,6 +326,7 @@ class Reconstructor:
       batch_size=batch_size,
       source=encoder,
       model_spec=_spec(model),
+      original_shading=original_shading,
     )
 
   # ------------------------------------------------------------------------------ inputs
@@ -338,7 +349,9 @@ class Reconstructor:
     Args:
       images: ``(B, S, S, 3)`` float32 in [0, 1], aligned.
     """
-    return _forward(self._encoder_def, self._unet_def, self._parts, self.model, images)
+    return _forward(
+      self._encoder_def, self._unet_def, self._parts, self.model, images, self.original_shading
+    )
 
   def __call__(self, images, landmarks: np.ndarray | None = None) -> Reconstruction:
     """Reconstructs faces; returns host (NumPy) arrays.
@@ -385,7 +398,9 @@ class Reconstructor:
   def render(self, coeffs: coefficients.Coefficients, size: int) -> pipeline.RenderOut:
     """Renders batched coefficients at ``size x size`` (the camera scales with the image, so
     the face lands on the same place of the aligned frame at any size)."""
-    return pipeline.render_batch(self.model, coeffs, size, size)
+    return pipeline.render_batch(
+      self.model, coeffs, size, size, original_shading=self.original_shading
+    )
 
 
 def _read_config(workdir: str):

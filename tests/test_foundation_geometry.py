@@ -172,3 +172,97 @@ def test_normals_and_shading_gradients_match_finite_differences():
     e = jnp.zeros_like(alpha).at[k].set(eps)
     fd = (loss(alpha + e) - loss(alpha - e)) / (2 * eps)
     np.testing.assert_allclose(grad[k], fd, rtol=3e-2, atol=2e-2)
+
+
+def _irregular_mesh(seed=0, num_vertices=30, num_faces=70):
+  """Random triangles (irregular valences), one vertex unused and one degenerate face."""
+  rng = np.random.default_rng(seed)
+  verts = rng.normal(size=(num_vertices, 3)).astype(np.float32)
+  tris = rng.integers(0, num_vertices - 1, (num_faces, 3)).astype(np.int32)
+  tris[0] = [3, 3, 5]  # a repeated corner: zero area, listed twice for vertex 3
+  return verts, tris
+
+
+def test_vertex_face_table_lists_every_corner_once():
+  verts, tris = _irregular_mesh()
+  table = mesh.vertex_face_table(tris, len(verts))
+  assert table.shape[:2] == (3, len(verts))
+  for k in range(3):
+    for v in range(len(verts)):
+      listed = sorted(f for f in table[k, v] if f < len(tris))
+      assert listed == sorted(np.flatnonzero(tris[:, k] == v).tolist())
+  assert np.all(table[:, -1] == len(tris))  # the unused vertex reads only the padding face
+  with pytest.raises(ValueError, match="outside"):
+    mesh.vertex_face_table(tris, 5)
+
+
+def _normals_reference(verts, tris):
+  """Scatter-add of the float64 cross products, the definition of the area-weighted sum."""
+  v = np.asarray(verts, np.float64)
+  cross = np.cross(
+    v[..., tris[:, 1], :] - v[..., tris[:, 0], :], v[..., tris[:, 2], :] - v[..., tris[:, 0], :]
+  )
+  summed = np.zeros_like(v)
+  for k in range(3):
+    np.add.at(summed, (..., tris[:, k], slice(None)), cross)
+  return summed, np.linalg.norm(cross, axis=-1)
+
+
+def test_batched_gather_normals_match_scatter_reference_and_fallback():
+  verts, tris = _irregular_mesh(1)
+  batch = np.stack([verts, 1.5 * verts[:, [1, 2, 0]]])
+  summed, _ = _normals_reference(batch, tris)
+  expected = summed / np.maximum(np.linalg.norm(summed, axis=-1, keepdims=True), 1e-6)
+  np.testing.assert_allclose(mesh.area_weighted_normals(batch, tris), summed, atol=1e-5)
+  np.testing.assert_allclose(mesh.vertex_normals(batch, tris), expected, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(mesh.vertex_normals(batch, tris))[:, -1], 0.0)
+  # Traced triangles without a table take the scatter-add fallback: same values.
+  traced = jax.jit(mesh.vertex_normals)(batch, jnp.asarray(tris))
+  np.testing.assert_allclose(traced, expected, atol=1e-5)
+
+
+def test_gather_normals_gradient_equals_autodiff_of_scatter_definition():
+  verts, tris = _irregular_mesh(2)
+  batch = jnp.asarray(np.stack([verts, verts + 0.1]))
+  weights = jnp.asarray(np.random.default_rng(3).normal(size=batch.shape), jnp.float32)
+  table = jnp.asarray(mesh.vertex_face_table(tris, len(verts)))
+
+  def fast(v, fn):
+    return jnp.sum(weights * fn(v, jnp.asarray(tris), table))
+
+  def reference(v, normalise):
+    cross = jax.vmap(mesh.face_cross, (0, None))(v, jnp.asarray(tris))
+    summed = jnp.zeros_like(v).at[:, tris.reshape(-1)].add(jnp.repeat(cross, 3, axis=1))
+    return jnp.sum(weights * (mesh._safe_normalize(summed) if normalise else summed))
+
+  for fn, normalise in [(mesh.vertex_normals, True), (mesh.area_weighted_normals, False)]:
+    got = jax.jit(jax.grad(fast), static_argnums=1)(batch, fn)
+    want = jax.grad(reference)(batch, normalise)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_original_vertex_normals_are_the_area_weighted_mean():
+  verts, tris = _irregular_mesh(4)
+  summed, area2 = _normals_reference(verts, tris)
+  weight = np.zeros(len(verts))
+  for k in range(3):
+    np.add.at(weight, tris[:, k], area2)
+  expected = summed / np.maximum(weight, 1e-35)[:, None]
+  got = np.asarray(mesh.original_vertex_normals(verts, tris))
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+  norms = np.linalg.norm(got[weight > 0], axis=1)
+  assert np.all(norms <= 1 + 1e-6) and norms.min() < 0.9  # a mean of unit vectors, not unit
+  grad = jax.grad(lambda v: jnp.sum(mesh.original_vertex_normals(v, tris) ** 2))(verts)
+  assert np.all(np.isfinite(grad))  # the degenerate face has a zero-area norm
+
+
+def test_batched_basis_combination_matches_per_face():
+  model = testing.small_model()
+  coeffs = [testing.random_coefficients(model, s) for s in range(2)]
+  shape = np.stack([c.shape for c in coeffs])
+  expression = np.stack([c.expression for c in coeffs])
+  batched = mm.vertices(model, shape, expression)
+  for b in range(2):
+    np.testing.assert_allclose(batched[b], mm.vertices(model, shape[b], expression[b]), atol=1e-4)
+  with pytest.raises(ValueError, match="coefficients"):
+    mm.albedo(model, shape[:, :3])

@@ -155,6 +155,8 @@ def test_from_checkpoints_loads_converted_weights(recon, tmp_path):
   weights.save_params(path, params, arch)
   loaded = reconstruct.Reconstructor.from_checkpoints(path, model=recon.model, image_size=SIZE)
   assert loaded.mask_source == "robust" and loaded.source == path
+  # Converted original checkpoints predict light for the original's shading direction.
+  assert loaded.original_shading and not recon.original_shading
   restored = objectives.merge(*loaded.encoder, train=False)
   for key, value in weights.flat_variables(restored).items():
     np.testing.assert_array_equal(np.asarray(value.value), params[key])

@@ -73,7 +73,10 @@ def _nearest_on_triangle(px, py, tx, ty):
     ),
     strict=True,
   )
-  return _argmin_select(jnp.stack(cx), jnp.stack(cy), px, py)
+  # Materialised with their cotangents: otherwise the backward pass recomputed the whole
+  # nearest-point selection once per gradient element of every corner coordinate.
+  cx, cy = rasterize_lib.fusion_barrier((jnp.stack(cx), jnp.stack(cy)))
+  return _argmin_select(cx, cy, px, py)
 
 
 def _argmin_select(cx, cy, px, py, valid=None):

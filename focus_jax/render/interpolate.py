@@ -15,6 +15,43 @@ import jax.numpy as jnp
 from focus_jax.render import rasterize as rasterize_lib
 
 
+def _blend_value(attributes, idx, weights):
+  corners = rasterize_lib.gather_rows(attributes, idx)  # (..., 3, C)
+  # Multiply-adds, not an einsum: a 3-term contraction per pixel became a slow small-matrix
+  # kernel on XLA:CPU (and this is exact float32 on every backend).
+  return sum(weights[..., k, None] * corners[..., k, :] for k in range(3)), corners
+
+
+@jax.custom_vjp
+def _blend(attributes, idx, weights):
+  """``sum_k weights[..., k] * attributes[idx[..., k]]``, shapes ``(V, C), (..., 3), (..., 3)``.
+
+  A hand-written VJP: differentiated automatically, the slices of the corner axis became one
+  full-size pad per corner in the backward pass.
+  """
+  return _blend_value(attributes, idx, weights)[0]
+
+
+def _blend_fwd(attributes, idx, weights):
+  values, corners = _blend_value(attributes, idx, weights)
+  return values, (corners, idx, weights, attributes.shape[0])
+
+
+def _blend_bwd(residuals, grad):
+  corners, idx, weights, num_rows = residuals
+  # Explicit sums over the (few) channels: XLA:CPU hands reductions to a library kernel that is
+  # slow for short axes.
+  channels = range(grad.shape[-1])
+  grad_weights = jnp.stack(
+    [sum(grad[..., c] * corners[..., k, c] for c in channels) for k in range(3)], -1
+  )
+  grad_corners = rasterize_lib.materialise(weights[..., :, None] * grad[..., None, :])
+  return rasterize_lib.scatter_add_rows(idx, grad_corners, num_rows), None, grad_weights
+
+
+_blend.defvjp(_blend_fwd, _blend_bwd)
+
+
 def interpolate(
   attributes: jax.Array,
   fragments: rasterize_lib.Fragments,
@@ -38,7 +75,7 @@ def interpolate(
     ``(H, W, C)`` float32, 0 on the background.
   """
   covered = fragments.face_id >= 0
-  idx = triangles[jnp.where(covered, fragments.face_id, 0)]  # (H, W, 3)
+  idx = triangles.at[jnp.where(covered, fragments.face_id, 0)].get(mode="promise_in_bounds")
   weights = fragments.bary
   if perspective_correct:
     if projected is None:
@@ -47,10 +84,5 @@ def interpolate(
     weights = weights * inv_depth
     norm = jnp.sum(weights, axis=-1, keepdims=True)
     weights = weights / jnp.where(norm == 0, 1.0, norm)
-  values = jnp.einsum(
-    "hwk,hwkc->hwc",
-    weights,
-    rasterize_lib.gather_rows(attributes, idx),
-    precision=jax.lax.Precision.HIGHEST,
-  )
+  values = _blend(attributes, idx, weights)
   return jnp.where(covered[..., None], values, 0.0)

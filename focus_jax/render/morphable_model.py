@@ -17,6 +17,9 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from focus_jax.render import mesh
 
 
 @jax.tree_util.register_dataclass
@@ -35,6 +38,10 @@ class MorphableModel:
     landmarks: ``(68,)`` int32 vertex indices, iBUG-68 order.
     now_landmarks: ``(7,)`` int32 vertex indices of the NoW challenge points.
     landmark_weights: ``(68,)`` float32 weights of the landmark loss.
+    vertex_faces: ``(3, V, D)`` int32 faces of every vertex by corner
+      (:func:`focus_jax.render.mesh.vertex_face_table`), derived from ``triangles`` at
+      construction when left ``None``; vertex normals are gathers through it. Pass
+      ``vertex_faces=None`` to ``dataclasses.replace`` when changing ``triangles``.
   """
 
   shape_mean: jax.Array
@@ -47,6 +54,18 @@ class MorphableModel:
   landmarks: jax.Array
   now_landmarks: jax.Array
   landmark_weights: jax.Array
+  vertex_faces: jax.Array | None = None
+
+  def __post_init__(self):
+    # Built once per topology, from concrete triangles only: pytree unflattening inside
+    # transformations passes the existing table (a tracer) and never gets here with None.
+    triangles = self.triangles
+    concrete = isinstance(triangles, np.ndarray | jax.Array) and not isinstance(
+      triangles, jax.core.Tracer
+    )
+    if self.vertex_faces is None and concrete:
+      table = mesh.vertex_face_table(np.asarray(triangles), self.num_vertices)
+      object.__setattr__(self, "vertex_faces", jnp.asarray(table))
 
   @property
   def num_vertices(self) -> int:
@@ -66,19 +85,23 @@ class MorphableModel:
     }
 
 
-def _combine(mean: jax.Array, basis: jax.Array, coeffs: jax.Array) -> jax.Array:
+def _combine(mean: jax.Array, basis: jax.Array, coeffs) -> jax.Array:
   coeffs = jnp.asarray(coeffs, jnp.float32)
-  if coeffs.shape != basis.shape[:1]:
+  if coeffs.shape[-1:] != basis.shape[:1]:
     raise ValueError(f"expected {basis.shape[0]} coefficients, got shape {coeffs.shape}")
-  return mean + jnp.einsum("k,kvc->vc", coeffs, basis, precision=jax.lax.Precision.HIGHEST)
+  # One (..., K) x (K, V * 3) matmul: its gradient is a plain matmul too. An einsum over
+  # (K, V, 3) mapped with vmap had XLA:CPU copy-transpose the whole basis in every backward pass.
+  flat = jnp.matmul(coeffs, basis.reshape(basis.shape[0], -1), precision=jax.lax.Precision.HIGHEST)
+  return mean + flat.reshape(*coeffs.shape[:-1], *mean.shape)
 
 
 def vertices(model: MorphableModel, shape_coeffs, exp_coeffs) -> jax.Array:
-  """Face vertices ``(V, 3)`` mm for ``shape_coeffs (K_shape,)`` and ``exp_coeffs (K_exp,)``."""
+  """Face vertices ``(..., V, 3)`` mm for ``shape_coeffs (..., K_shape)`` and
+  ``exp_coeffs (..., K_exp)`` (leading batch axes allowed)."""
   identity = _combine(model.shape_mean, model.shape_basis, shape_coeffs)
   return identity + _combine(model.exp_mean, model.exp_basis, exp_coeffs)
 
 
 def albedo(model: MorphableModel, color_coeffs) -> jax.Array:
-  """Per-vertex albedo ``(V, 3)`` RGB for ``color_coeffs (K_color,)``."""
+  """Per-vertex albedo ``(..., V, 3)`` RGB for ``color_coeffs (..., K_color)``."""
   return _combine(model.color_mean, model.color_basis, color_coeffs)

@@ -7,8 +7,9 @@ in the original), the hard coverage mask, a soft mask differentiable at silhouet
 (``composite.soft_mask``), the projected vertices, the 68 landmarks and the fragments.
 
 The model is a function argument, never closed over, so its bases are not baked into compiled
-programs. ``render`` is for one face; ``render_batch`` maps it over a leading batch axis of the
+programs. ``render`` is for one face; ``render_batch`` renders a leading batch axis of the
 coefficients (the rasteriser's z-buffer batches as one flat mesh under ``vmap``).
+``original_shading=True`` shades as the original FOCUS code does (for converted checkpoints).
 """
 
 from __future__ import annotations
@@ -47,7 +48,86 @@ class RenderOut:
   fragments: rasterize_lib.Fragments
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "sigma", "window"))
+_STATIC = ("height", "width", "sigma", "window", "original_shading")
+
+
+def _rotate(normals, rotation):
+  """``normals (B, V, 3) @ rotation (B, 3, 3)^T`` as multiply-adds per output component (exact
+  float32; a batched 3 x 3 matmul per vertex was a slow small-matrix kernel on XLA:CPU, and a
+  broadcast component axis turns into slow 3-element reductions in the backward pass)."""
+  n = [normals[..., c] for c in range(3)]
+  r = rotation[:, None]  # (B, 1, 3, 3)
+  return jnp.stack([sum(n[c] * r[..., d, c] for c in range(3)) for d in range(3)], -1)
+
+
+def shaded_colors(
+  vertices: jax.Array,
+  albedo: jax.Array,
+  light: jax.Array,
+  rotation: jax.Array,
+  triangles: jax.Array,
+  vertex_faces: jax.Array | None = None,
+  *,
+  original_shading: bool = False,
+) -> jax.Array:
+  """Per-vertex shaded colours of a batch: vertex normals -> camera space -> SH shading.
+
+  Args:
+    vertices: ``(B, V, 3)`` float32 world positions (mm).
+    albedo: ``(B, V, 3)`` float32 RGB.
+    light: ``(B, 27)`` float32 SH coefficients (without the band-0 offset).
+    rotation: ``(B, 3, 3)`` float32 world -> camera rotations.
+    triangles: ``(F, 3)`` int32.
+    vertex_faces: ``(3, V, D)`` int32 table of ``mesh.vertex_face_table`` (``None``: built from
+      concrete triangles).
+    original_shading: static; the original FOCUS normals and SH direction (see :func:`render`).
+
+  Returns:
+    ``(B, V, 3)`` float32 shaded colours, unclamped.
+  """
+  # Normals for the whole batch at once: they are gathers with the batch in the minor axis.
+  normals_fn = mesh.original_vertex_normals if original_shading else mesh.vertex_normals
+  normals = _rotate(normals_fn(vertices, triangles, vertex_faces), rotation)
+  if original_shading:
+    normals = shading.original_direction(normals)
+  return jax.vmap(shading.shade)(normals, albedo, light)
+
+
+def _render_many(model, coeffs, height, width, sigma, window, original_shading):
+  """The batch-native render: every ``coeffs`` field has a leading batch axis ``B``."""
+  triangles = model.triangles
+  vertices = mm.vertices(model, coeffs.shape, coeffs.expression)
+  albedo = mm.albedo(model, coeffs.color)
+  cameras = jax.vmap(camera_lib.camera_from_pose, (0, None, None))(coeffs.pose, height, width)
+  projected = jax.vmap(camera_lib.project)(cameras, vertices)
+  colors = shaded_colors(
+    vertices,
+    albedo,
+    coeffs.light,
+    cameras.rotation,
+    triangles,
+    model.vertex_faces,
+    original_shading=original_shading,
+  )
+  raster = functools.partial(rasterize_lib.rasterize, height=height, width=width, window=window)
+  fragments = jax.vmap(raster, (0, None))(projected, triangles)
+  image = jax.vmap(interpolate.interpolate, (0, 0, None))(colors, fragments, triangles)
+  # The soft mask maps over the batch with ``lax.map``: it evaluates only the silhouette band
+  # behind a ``lax.cond``, and under ``vmap`` a ``cond`` would run its dense fallback too.
+  soft = jax.lax.map(
+    lambda args: composite.soft_mask(args[0], triangles, args[1], sigma), (projected, fragments)
+  )
+  return RenderOut(
+    image=image,
+    mask=(fragments.face_id >= 0).astype(jnp.float32),
+    soft_mask=soft,
+    projected=projected,
+    landmarks=projected[:, model.landmarks, :2],
+    fragments=fragments,
+  )
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def render(
   model: mm.MorphableModel,
   coeffs: coefficients.Coefficients,
@@ -56,6 +136,7 @@ def render(
   *,
   sigma: float = 1.0,
   window: int | None = None,
+  original_shading: bool = False,
 ) -> RenderOut:
   """Renders one face.
 
@@ -66,33 +147,17 @@ def render(
     height, width: static image size.
     sigma: static soft-mask ramp half-width in pixels.
     window: static rasteriser level-0 window (speed only); ``None`` chooses.
+    original_shading: static; shade as the original FOCUS code does (its vertex normals are not
+      renormalised and its SH direction follows, see ``shading.original_direction``), for
+      lighting predicted by an encoder converted from an original checkpoint. The default uses
+      unit normals (SPEC §3).
   """
-  triangles = model.triangles
-  vertices = mm.vertices(model, coeffs.shape, coeffs.expression)
-  albedo = mm.albedo(model, coeffs.color)
-  camera = camera_lib.camera_from_pose(coeffs.pose, height, width)
-  projected = camera_lib.project(camera, vertices)
-  fragments = rasterize_lib.rasterize(
-    projected, triangles, height=height, width=width, window=window
-  )
-  normals = jnp.matmul(
-    mesh.vertex_normals(vertices, triangles),
-    camera.rotation.T,
-    precision=jax.lax.Precision.HIGHEST,
-  )
-  colors = shading.shade(normals, albedo, coeffs.light)
-  image = interpolate.interpolate(colors, fragments, triangles)
-  return RenderOut(
-    image=image,
-    mask=(fragments.face_id >= 0).astype(jnp.float32),
-    soft_mask=composite.soft_mask(projected, triangles, fragments, sigma),
-    projected=projected,
-    landmarks=projected[model.landmarks, :2],
-    fragments=fragments,
-  )
+  batched = jax.tree.map(lambda a: jnp.asarray(a)[None], coeffs)
+  out = _render_many(model, batched, height, width, sigma, window, original_shading)
+  return jax.tree.map(lambda a: a[0], out)
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "sigma", "window"))
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def render_batch(
   model: mm.MorphableModel,
   coeffs: coefficients.Coefficients,
@@ -101,17 +166,11 @@ def render_batch(
   *,
   sigma: float = 1.0,
   window: int | None = None,
+  original_shading: bool = False,
 ) -> RenderOut:
   """``render`` over a leading batch axis ``B`` of ``coeffs``' fields; returns batched fields.
 
-  Everything is vmapped except the soft mask, which maps over the batch with ``lax.map``: it
-  evaluates only the silhouette band behind a ``lax.cond``, and under ``vmap`` a ``cond`` would
-  run its dense fallback too.
+  The arguments are those of :func:`render`. The work is batched explicitly (vertex normals as
+  gathers over the whole batch, the z-buffer as one flat mesh), not by ``vmap`` of ``render``.
   """
-  one = functools.partial(render, height=height, width=width, sigma=sigma, window=window)
-  out = jax.vmap(one, in_axes=(None, 0))(model, coeffs)
-  soft = jax.lax.map(
-    lambda args: composite.soft_mask(args[0], model.triangles, args[1], sigma),
-    (out.projected, out.fragments),
-  )
-  return dataclasses.replace(out, soft_mask=soft)
+  return _render_many(model, coeffs, height, width, sigma, window, original_shading)

@@ -37,8 +37,8 @@ the result does not depend on how triangles were split.
 
 Batching: under ``jax.vmap`` the z-buffer (a ``custom_vmap``) rasterises the batch as one flat
 mesh into one flat buffer, because batched scatters and gathers are several times slower on
-XLA:CPU. ``optimization_barrier`` keeps XLA from fusing vectorisable arithmetic into the serial
-scatter and gather loops.
+XLA:CPU. ``materialise`` keeps XLA from fusing vectorisable arithmetic into the serial scatter and
+gather loops.
 
 Exactness details: each edge function is evaluated from the edge's two vertices in a canonical
 order (lower vertex index first) and negated as needed, so the two triangles sharing an edge get
@@ -49,7 +49,9 @@ compiler applies. Barycentrics are normalised by their pixel sum and depth is
 Gradients: face ids are discrete; the z-buffer runs on ``stop_gradient(projected)`` and the face
 index map carries no gradient. Barycentrics and depth are then recomputed, differentiably, per
 pixel from the winning face's projected vertices, so gradients reach pixel x, y (and depth)
-through the barycentrics, as in the original. Background pixels have face id -1, barycentrics 0
+through the barycentrics, as in the original. That per-pixel step has a hand-written VJP (the
+derivative of ``b_k = E_k / sum(E)`` and of the depth), tested against automatic
+differentiation. Background pixels have face id -1, barycentrics 0
 and depth 0.
 """
 
@@ -154,16 +156,54 @@ def _merge(a, b):
   return depth, index
 
 
-def _materialise(tree):
+def materialise(tree):
   """Identity that XLA cannot fuse through: a branch on a predicate it cannot fold.
 
-  Fused into their consumers, the vectorisable candidate computations would be redone inside the
-  serial gather and scatter loops of XLA:CPU, several times slower; ``optimization_barrier`` did
-  not prevent that there.
+  Fused into their consumers, vectorisable computations are redone inside the serial gather and
+  scatter loops of XLA:CPU (and once per output element of multi-output fusions), several times
+  slower; ``optimization_barrier`` does not prevent that there (XLA:CPU expands barriers before
+  fusion). Under ``vmap`` it stays a real branch. Not differentiable: use it inside custom VJPs
+  and on values without gradients.
   """
-  probe = jax.tree.leaves(tree)[0].reshape(-1)[0]
+  leaves, treedef = jax.tree.flatten(tree)
+  return jax.tree.unflatten(treedef, _materialise_leaves(*leaves))
+
+
+@jax.custom_vjp
+def fusion_barrier(tree):
+  """Differentiable :func:`materialise`: the value and its cotangent are both materialised.
+
+  Placed on a value shared by several consumers, it stops XLA:CPU from recomputing the value's
+  producers (forward) and the consumers' gradient chain (backward) once per consumer element.
+  """
+  return materialise(tree)
+
+
+def _fusion_barrier_fwd(tree):
+  return materialise(tree), None
+
+
+def _fusion_barrier_bwd(_, grad):
+  return (materialise(grad),)
+
+
+fusion_barrier.defvjp(_fusion_barrier_fwd, _fusion_barrier_bwd)
+
+
+@jax.custom_batching.custom_vmap
+def _materialise_leaves(*leaves):
+  probe = leaves[0].reshape(-1)[0]
+  if not jnp.issubdtype(probe.dtype, jnp.floating):
+    # For integers XLA folds ``x == x`` to true and removes the branch: test a float instead.
+    probe = jax.lax.bitcast_convert_type(probe.astype(jnp.int32), jnp.float32)
   keep = (probe == probe) | (probe != probe)  # always true, NaN included
-  return jax.lax.cond(keep, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree)
+  return jax.lax.cond(keep, lambda t: t, lambda t: [jnp.zeros_like(a) for a in t], list(leaves))
+
+
+@_materialise_leaves.def_vmap
+def _(axis_size, in_batched, *leaves):
+  # Batched, the branch's predicate would be batched too and the cond would become a select.
+  return _materialise_leaves(*leaves), list(in_batched)
 
 
 def _scatter_min(index, values, size: int, fill):
@@ -212,7 +252,7 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
   big = jnp.iinfo(jnp.int32).max
   if window <= _UNROLL_WINDOW:
     parts = [
-      _materialise(_candidates(tri, valid, dx, dy, width, num_pixels))
+      materialise(_candidates(tri, valid, dx, dy, width, num_pixels))
       for dy in range(window)
       for dx in range(window)
     ]
@@ -221,7 +261,7 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
       zbuf = zbuf.at[pixel].min(depth, mode="drop")
     ibuf = jnp.full((num_pixels,), big, jnp.int32)
     for pixel, depth in parts:
-      key = _materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), face, big))
+      key = materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), face, big))
       ibuf = ibuf.at[pixel].min(key, mode="drop")
     return zbuf, ibuf
   offs = jnp.arange(window * window, dtype=jnp.int32)[:, None]
@@ -229,10 +269,10 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
   pixel, depth = _candidates(
     jax.tree.map(expand, tri), expand(valid), offs % window, offs // window, width, num_pixels
   )
-  pixel, depth = _materialise((pixel.reshape(-1), depth.reshape(-1)))
+  pixel, depth = materialise((pixel.reshape(-1), depth.reshape(-1)))
   faces = jnp.broadcast_to(face[None, :], (window * window, face.shape[0])).reshape(-1)
   zbuf = _scatter_min(pixel, depth, num_pixels, jnp.inf)
-  key = _materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), faces, big))
+  key = materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), faces, big))
   ibuf = _scatter_min(pixel, key, num_pixels, big)
   return zbuf, ibuf
 
@@ -255,7 +295,7 @@ def _setup(projected, triangles, height, width):
   corners = jnp.transpose(corners, (3, 1, 0, 2)).reshape(3, 3, -1)  # (coord, corner, F * B)
   # Materialise the gathered corners: fused into their many consumers, XLA:CPU would redo the
   # (slow, scalar) gather in each of them.
-  corners = jax.lax.optimization_barrier(corners)
+  corners = materialise(corners)
   x, y, z = ([corners[c, k] for k in range(3)] for c in range(3))
   idx = [triangles[:, k] for k in range(3)]
   # Vertex ids only order the edges canonically; offsetting them keeps that order per image.
@@ -315,6 +355,8 @@ def _zbuffer_batch(projected, triangles, height, width, window):
   # Triangles not drawn in an iteration (hash collisions, a full level) stay for the next one,
   # and every iteration draws at least one, so the loop always finishes and nothing is dropped.
   level = sum((extent > size).astype(jnp.int32) for size in sizes[:-1])
+  # Materialised: XLA:CPU otherwise recomputed them from the corners in every iteration.
+  level, large = materialise((level, valid & (extent > window)))
   table = int(min(total_faces, max(256, total_faces // 64)))
   budget = max(total_faces * window * window // 16, 16384)
   caps = [int(min(table, max(1, budget // (side * side)))) for side in sizes]
@@ -354,7 +396,6 @@ def _zbuffer_batch(projected, triangles, height, width, window):
     )
     return remaining & ~drawn, buffers
 
-  large = valid & (extent > window)
   _, result = jax.lax.while_loop(lambda s: jnp.any(s[0]), body, (large, result))
   return _face_ids(result[1], batch, num_faces, height, width)
 
@@ -416,7 +457,17 @@ def zbuffer(projected, triangles, *, height: int, width: int, window: int | None
   return _zbuffer_op(height, width, window)(projected, triangles)
 
 
-def _scatter_add_rows(index, values, num_rows):
+def _flat_batch(axis_size, in_batched, index, rows, num_rows):
+  """Batched ``index (B, ...)`` into ``(B, num_rows, C)`` rows -> flat indices into ``B * N``."""
+  if not in_batched[0]:
+    index = jnp.broadcast_to(index, (axis_size, *index.shape))
+  if not in_batched[1]:
+    rows = jnp.broadcast_to(rows, (axis_size, *rows.shape))
+  offset = jnp.arange(axis_size, dtype=index.dtype).reshape((-1,) + (1,) * (index.ndim - 1))
+  return index + offset * num_rows, rows
+
+
+def scatter_add_rows(index, values, num_rows):
   """Transpose of :func:`gather_rows`: ``zeros((num_rows, C)).at[index].add(values)``."""
 
   @jax.custom_batching.custom_vmap
@@ -427,39 +478,109 @@ def _scatter_add_rows(index, values, num_rows):
   @scatter.def_vmap
   def _(axis_size, in_batched, index, values):
     # One flat scatter-add over the batch: XLA:CPU's batched scatters are several times slower.
-    if not in_batched[0]:
-      index = jnp.broadcast_to(index, (axis_size, *index.shape))
-    if not in_batched[1]:
-      values = jnp.broadcast_to(values, (axis_size, *values.shape))
-    offset = jnp.arange(axis_size, dtype=index.dtype).reshape((-1,) + (1,) * (index.ndim - 1))
-    flat = (index + offset * num_rows).reshape(-1)
+    flat, values = _flat_batch(axis_size, in_batched, index, values, num_rows)
     out = jnp.zeros((axis_size * num_rows, values.shape[-1]), values.dtype)
-    out = out.at[flat].add(values.reshape(-1, values.shape[-1]), mode="drop")
+    out = out.at[flat.reshape(-1)].add(values.reshape(-1, values.shape[-1]), mode="drop")
     return out.reshape(axis_size, num_rows, values.shape[-1]), True
 
   return scatter(index, values)
 
 
+@jax.custom_batching.custom_vmap
+def _take_rows(table, index):
+  # The table is materialised first: fused into the gather, XLA:CPU would recompute it (e.g.
+  # the whole SH shading) for every gathered element. Indices are in range by contract; the
+  # default clamping/filling gather is several times slower on XLA:CPU.
+  table = materialise(table)
+  return table.at[index].get(mode="promise_in_bounds")
+
+
+@_take_rows.def_vmap
+def _(axis_size, in_batched, table, index):
+  if not in_batched[0]:  # a shared table: a plain gather with batched indices
+    if not in_batched[1]:
+      index = jnp.broadcast_to(index, (axis_size, *index.shape))
+    return _take_rows(table, index), True
+  # One flat gather over the batch, like the scatter-add of the backward pass.
+  flat, table = _flat_batch(axis_size, in_batched[::-1], index, table, table.shape[-2])
+  return _take_rows(table.reshape(-1, table.shape[-1]), flat), True
+
+
 @jax.custom_vjp
 def gather_rows(table, index):
-  """``table[index]`` for ``table (N, C)`` float and ``index (...)`` int32 -> ``(..., C)``.
+  """``table[index]`` for ``table (N, C)`` float and ``index (...)`` int32 in ``[0, N)``.
 
-  Differentiable w.r.t. ``table``; its transpose is a scatter-add that stays one flat scatter under
-  ``jax.vmap`` (batched scatter-adds dominated the backward pass on XLA:CPU).
+  Returns ``(..., C)``. Differentiable w.r.t. ``table``; forward and transpose (a scatter-add)
+  stay one flat gather / scatter under ``jax.vmap`` (batched ones are several times slower on
+  XLA:CPU). Out-of-range indices are undefined behaviour.
   """
-  return table[index]
+  return _take_rows(table, index)
 
 
 def _gather_rows_fwd(table, index):
-  return table[index], (index, table.shape[0])
+  return _take_rows(table, index), (index, table.shape[0])
 
 
 def _gather_rows_bwd(residual, grad):
   index, num_rows = residual
-  return _scatter_add_rows(index, grad, num_rows), None
+  return scatter_add_rows(index, grad, num_rows), None
 
 
 gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
+
+
+def _bary_depth_value(corners, px, py, idx):
+  edges, depth_terms = _triangle_geometry(
+    [corners[..., k, 0] for k in range(3)],
+    [corners[..., k, 1] for k in range(3)],
+    [corners[..., k, 2] for k in range(3)],
+    [idx[..., k] for k in range(3)],
+  )
+  bary, depth, total = _depth_and_bary(_edge_functions(px, py, edges), depth_terms)
+  return jnp.stack(bary, axis=-1), depth, total
+
+
+@jax.custom_vjp
+def _bary_depth(corners, px, py, idx):
+  """Barycentrics ``(..., 3)`` and depth ``(...)`` of points ``(px, py)`` in triangles.
+
+  ``corners (..., 3, 3)`` holds (pixel x, pixel y, depth) of the three corners; ``idx (..., 3)``
+  their vertex ids (canonical edge order). A hand-written VJP: differentiated automatically, the
+  canonical edge selection and the normalisation became one fused kernel per gradient element
+  that recomputed the whole expression nine times.
+  """
+  return _bary_depth_value(corners, px, py, idx)[:2]
+
+
+def _bary_depth_fwd(corners, px, py, idx):
+  bary, depth, total = _bary_depth_value(corners, px, py, idx)
+  return (bary, depth), (corners, px, py, bary, total)
+
+
+def _bary_depth_bwd(residuals, grads):
+  # b_k = E_k / T with E_k = cross2(P_{k+1} - p, P_{k+2} - p) and T = sum(E);
+  # depth = z0 + b1 (z1 - z0) + b2 (z2 - z0). Per-corner lists, no reductions over the corner
+  # axis: XLA:CPU hands those to a library kernel that is slow for an axis of 3.
+  corners, px, py, bary, total = residuals
+  g_bary, g_depth = grads
+  x, y, z = ([corners[..., i, c] for i in range(3)] for c in range(3))
+  b = [bary[..., i] for i in range(3)]
+  g_b = [g_bary[..., 0], g_bary[..., 1] + g_depth * (z[1] - z[0])]
+  g_b.append(g_bary[..., 2] + g_depth * (z[2] - z[0]))
+  mean = g_b[0] * b[0] + g_b[1] * b[1] + g_b[2] * b[2]
+  safe = jnp.where(total == 0, 1.0, total)
+  u = [(g - mean) / safe for g in g_b]  # dL/dE_k
+  rx, ry = [xi - px for xi in x], [yi - py for yi in y]  # corners relative to the point
+  g_x = [u[(i + 2) % 3] * ry[(i + 1) % 3] - u[(i + 1) % 3] * ry[(i + 2) % 3] for i in range(3)]
+  g_y = [u[(i + 1) % 3] * rx[(i + 2) % 3] - u[(i + 2) % 3] * rx[(i + 1) % 3] for i in range(3)]
+  g_z = [g_depth * (1.0 - b[1] - b[2]), g_depth * b[1], g_depth * b[2]]
+  # Materialised before the stack: fused, each of its elements would recompute all of them.
+  g_x, g_y, g_z = materialise((g_x, g_y, g_z))
+  grad = jnp.stack([jnp.stack([g_x[i], g_y[i], g_z[i]], -1) for i in range(3)], -2)
+  return grad, None, None, None
+
+
+_bary_depth.defvjp(_bary_depth_fwd, _bary_depth_bwd)
 
 
 def fragments_from_face_id(projected, triangles, face_id) -> Fragments:
@@ -474,20 +595,12 @@ def fragments_from_face_id(projected, triangles, face_id) -> Fragments:
   height, width = face_id.shape
   covered = face_id >= 0
   safe = jnp.where(covered, face_id, 0)
-  corner_idx = triangles[safe]  # (H, W, 3)
+  corner_idx = triangles.at[safe].get(mode="promise_in_bounds")  # (H, W, 3)
   corners = gather_rows(projected, corner_idx)  # (H, W, 3, 3)
-  idx = [corner_idx[..., k] for k in range(3)]
-  edges, depth_terms = _triangle_geometry(
-    [corners[..., k, 0] for k in range(3)],
-    [corners[..., k, 1] for k in range(3)],
-    [corners[..., k, 2] for k in range(3)],
-    idx,
-  )
   py, px = jnp.meshgrid(
     jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
   )
-  bary, depth, _ = _depth_and_bary(_edge_functions(px, py, edges), depth_terms)
-  bary = jnp.stack(bary, axis=-1)
+  bary, depth = _bary_depth(corners, px, py, corner_idx)
   bary = jnp.where(covered[..., None], bary, 0.0)
   depth = jnp.where(covered, depth, 0.0)
   return Fragments(face_id=face_id, bary=bary, depth=depth)
