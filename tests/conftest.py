@@ -82,12 +82,3 @@ SMOKE_CHAIN = {
   "data.synthetic_num": 16,
   "data.source": "memory",
 }
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-  """Tests that use the trained smoke chain share one xdist worker (``--dist loadgroup``), so
-  the chain is trained once per run."""
-  for item in items:
-    if "smoke_chain" in getattr(item, "fixturenames", ()):
-      item.add_marker(pytest.mark.xdist_group("smoke_chain"))

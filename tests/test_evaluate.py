@@ -18,6 +18,9 @@ from focus_jax.eval import metrics
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
+# The trained smoke chain (conftest) is built once per xdist worker: its users share one.
+pytestmark = pytest.mark.xdist_group("smoke_chain")
+
 
 def _masks():
   # 4x4 image, rendered region = the left 3 columns (12 px); column 3 must never count.

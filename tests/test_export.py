@@ -17,6 +17,9 @@ from focus_jax.render import morphable_model as mm
 
 SIZE = 64
 
+# The trained smoke chain (conftest) is built once per xdist worker: its users share one.
+pytestmark = pytest.mark.xdist_group("smoke_chain")
+
 
 @pytest.fixture(scope="module")
 def recon(smoke_chain):

@@ -7,6 +7,9 @@ from conftest import SMOKE_CHAIN, optimizations
 
 from focus_jax import checkpoint, config_lib, metric_writer, quickstart
 
+# The trained smoke chain (conftest) is built once per xdist worker: its users share one.
+pytestmark = pytest.mark.xdist_group("smoke_chain")
+
 
 def test_chain_configs_link_the_stages(tmp_path):
   configs = quickstart.chain_configs(str(tmp_path), "cpu", {"total_steps": 3})

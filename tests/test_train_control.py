@@ -15,6 +15,9 @@ from test_train import _smoke
 
 from focus_jax import checkpoint, lock, metric_writer, train
 
+# The trained smoke chain (conftest) is built once per xdist worker: its users share one.
+pytestmark = pytest.mark.xdist_group("smoke_chain")
+
 
 def _checkpoint_states(workdir, config):
   """Every checkpoint on disk, restored into the run's state layout."""
