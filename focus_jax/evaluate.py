@@ -60,13 +60,13 @@ import ml_collections
 import numpy as np
 
 from focus_jax import files, losses, objectives, sharding, train
+from focus_jax import workdir as workdir_lib
 from focus_jax.eval import metrics, now, report
 from focus_jax.render import camera, pipeline
 from focus_jax.render import morphable_model as mm
 
 log = logging.getLogger(__name__)
 
-CHAIN = ("pretrain", "unet_pretrain", "em")
 MASK_METHODS = ("all_visible", "stage1", "unet_pretrain", "em")
 LANDMARK_METHODS = ("stage1", "em", "mean_face")
 PHOTOMETRIC_METHODS = ("stage1", "em")
@@ -112,34 +112,12 @@ class Stage:
   step: int
 
 
-def find_stages(workdir: str) -> dict[str, str]:
-  """``{stage name: stage workdir}`` of a stage workdir or of a chain workdir."""
-  path = os.path.join(workdir, "config.json")
-  if os.path.isfile(path):
-    with open(path) as f:
-      return {json.load(f)["stage"]: workdir}
-  found = {}
-  for name in CHAIN:
-    path = os.path.join(workdir, name, "config.json")
-    if os.path.isfile(path):
-      with open(path) as f:
-        found[json.load(f)["stage"]] = os.path.join(workdir, name)
-  if not found:
-    raise ValueError(
-      f"{workdir}: neither a stage workdir (config.json) nor a chain workdir with one of "
-      f"{', '.join(n + '/' for n in CHAIN)}"
-    )
-  return found
-
-
 def load_stage(workdir: str) -> Stage:
   """Rebuilds the networks of a stage workdir from its ``config.json`` and restores them."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    record = json.load(f)
-  config = ml_collections.ConfigDict(record["config"])
+  name, config = workdir_lib.read_record(workdir)
   sizes = train.load_model(config).sizes
   nets, parts, step = train.restore_networks(workdir, config, sizes)
-  return Stage(record["stage"], workdir, config, nets, parts, step)
+  return Stage(name, workdir, config, nets, parts, step)
 
 
 def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:
@@ -349,7 +327,7 @@ def evaluate(
   """
   from focus_jax.data import layout
 
-  stages = {name: load_stage(path) for name, path in find_stages(workdir).items()}
+  stages = {name: load_stage(path) for name, path in workdir_lib.find_stages(workdir).items()}
   primary = next(stages[n] for n in ("adapt", "em", "unet_pretrain", "pretrain") if n in stages)
   for stage in stages.values():
     if stage.config.model.to_dict() != primary.config.model.to_dict():

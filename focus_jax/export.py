@@ -454,6 +454,17 @@ def export_fitted(
   return report
 
 
+# What a main reports in one line instead of a traceback: bad input, or a missing optional extra.
+USER_ERRORS = (ImportError, ValueError, FileNotFoundError)
+
+
+def report_error(error: Exception) -> int:
+  """Prints one of :data:`USER_ERRORS` for the user; returns the exit status (2: a missing
+  dependency, 1: bad input)."""
+  print(f"error: {error}", file=sys.stderr)
+  return 2 if isinstance(error, ImportError) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m focus_jax.export",
@@ -511,12 +522,8 @@ def main(argv: list[str] | None = None) -> int:
       image_size=args.image_size or None,
       model=args.model or None,
     )
-  except ImportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except USER_ERRORS as e:
+    return report_error(e)
   for failure in report["failed"]:
     print(f"not exported: {failure['image']}: {failure['error']}", file=sys.stderr)
   print(

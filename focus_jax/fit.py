@@ -364,12 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     recon = reconstruct.Reconstructor.from_workdir(args.workdir) if args.workdir else None
     aligned_lm = reconstruct.to_frame(data["input_landmarks"], 224, config.image_size)
     fitted = fit_image(data["image"], aligned_lm, recon=recon, model=args.model, config=config)
-  except ImportError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except export.USER_ERRORS as e:
+    return export.report_error(e)
   face_model = recon.model if recon else reconstruct._load_model(args.model)
   rows = export.write_batch(args.out, face_model, [(item, data)], fitted.result, now=args.now)
   provenance = {

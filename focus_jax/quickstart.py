@@ -19,10 +19,10 @@ import sys
 import time
 
 from focus_jax import config_lib
+from focus_jax.workdir import CHAIN
 
 log = logging.getLogger(__name__)
 
-STAGES = ("pretrain", "unet_pretrain", "em")
 VARIANTS = {"cpu": "cpu", "full": "", "smoke": "smoke"}
 
 
@@ -33,7 +33,7 @@ def chain_configs(workdir: str, variant: str = "cpu", overrides: dict | None = N
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
   configs, previous = {}, ""
-  for stage in STAGES:
+  for stage in CHAIN:
     config = config_lib.stage_config(stage, VARIANTS[variant])
     config.data.image_root = os.path.join(workdir, "synthetic")
     config.init_from = previous

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Sequence
 
 import jax
@@ -253,11 +252,13 @@ class Reconstructor:
       ValueError: naming the workdir when it holds no stage or no checkpoint, or the model when
         its coefficient counts differ from the encoder's.
     """
-    from focus_jax import evaluate, train
+    from focus_jax import train
+    from focus_jax import workdir as workdir_lib
 
-    stages = evaluate.find_stages(workdir)
+    stages = workdir_lib.find_stages(workdir)
     name = next(n for n in _STAGE_ORDER if n in stages)
-    config = _read_config(stages[name])
+    config = workdir_lib.read_record(stages[name])[1]
+    config.encoder.init = ""  # the checkpoint holds the trained encoder
     trained = train.load_model(config)
     face_model = trained if model is None else _load_model(model)
     # The encoder head was built for the config's model: check before restoring anything.
@@ -401,18 +402,6 @@ class Reconstructor:
     return pipeline.render_batch(
       self.model, coeffs, size, size, original_shading=self.original_shading
     )
-
-
-def _read_config(workdir: str):
-  """The ``ConfigDict`` of a stage workdir's ``config.json``."""
-  import json
-
-  import ml_collections
-
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
-  config.encoder.init = ""  # the checkpoint holds the trained encoder
-  return config
 
 
 @jax.jit

@@ -64,6 +64,15 @@ def smoke_chain(tmp_path_factory):
 
   from focus_jax import quickstart
 
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under xdist every worker's basetemp sits in one per-session directory.
+    claim = tmp_path_factory.getbasetemp().parent / "smoke_chain.claimed"
+    if claim.exists():
+      pytest.fail(
+        f"the smoke chain was already trained by {claim.read_text()}: the xdist_group marks "
+        "were ignored (pytest-xdist's loadgroup needs pytest < 9)"
+      )
+    claim.write_text(os.environ["PYTEST_XDIST_WORKER"])
   workdir = str(tmp_path_factory.mktemp("chain"))
   start = time.time()
   quickstart.run(workdir, "smoke", SMOKE_CHAIN, evaluate=False)
@@ -71,8 +80,22 @@ def smoke_chain(tmp_path_factory):
   return workdir, seconds
 
 
-# Two steps per stage on 16 faces, batch 8 = the 8 fake devices; EM periods of 2 steps, so EM
-# takes one UNet step and one encoder step.
+SMOKE_RECON_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def recon(smoke_chain):
+  """A :class:`focus_jax.reconstruct.Reconstructor` of the smoke chain at 64 px, two images per
+  compiled call (shared by the export and reconstruction tests)."""
+  from focus_jax import reconstruct
+
+  return reconstruct.Reconstructor.from_workdir(
+    smoke_chain[0], image_size=SMOKE_RECON_SIZE, batch_size=2
+  )
+
+
+# Two steps per stage on 16 faces at 64 px, batch 8 = the 8 fake devices; EM periods of 2 steps,
+# so EM takes one UNet step and one encoder step.
 SMOKE_CHAIN = {
   "batch_size": 8,
   "total_steps": 2,
@@ -80,5 +103,6 @@ SMOKE_CHAIN = {
   "em.unet_steps": 0,
   "log_every_steps": 1,
   "data.synthetic_num": 16,
+  "data.image_size": 64,
   "data.source": "memory",
 }

@@ -10,20 +10,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import SMOKE_RECON_SIZE
 
 from focus_jax import export, files, fitted, reconstruct
 from focus_jax.data import alignment, layout, toy
 from focus_jax.render import morphable_model as mm
 
-SIZE = 64
+SIZE = SMOKE_RECON_SIZE  # the shared `recon` fixture's side
 
 # The trained smoke chain (conftest) is built once per xdist worker: its users share one.
 pytestmark = pytest.mark.xdist_group("smoke_chain")
-
-
-@pytest.fixture(scope="module")
-def recon(smoke_chain):
-  return reconstruct.Reconstructor.from_workdir(smoke_chain[0], image_size=SIZE, batch_size=2)
 
 
 @pytest.fixture(scope="module")

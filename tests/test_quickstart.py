@@ -6,6 +6,7 @@ import pytest
 from conftest import SMOKE_CHAIN, optimizations
 
 from focus_jax import checkpoint, config_lib, metric_writer, quickstart
+from focus_jax.workdir import CHAIN
 
 # The trained smoke chain (conftest) is built once per xdist worker: its users share one.
 pytestmark = pytest.mark.xdist_group("smoke_chain")
@@ -32,7 +33,7 @@ def test_second_run_resumes_instead_of_restarting(smoke_chain):
 
   def snapshot():
     out = {}
-    for stage in quickstart.STAGES:
+    for stage in CHAIN:
       directory = os.path.join(workdir, stage)
       records = metric_writer.read_jsonl(os.path.join(directory, "metrics.jsonl"))
       out[stage] = (

@@ -12,20 +12,16 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import SMOKE_RECON_SIZE
 
 from focus_jax import reconstruct, testing
 from focus_jax.data import alignment, layout, toy
 from focus_jax.render import visibility
 
-SIZE = 64
+SIZE = SMOKE_RECON_SIZE  # the shared `recon` fixture's side
 
 # The trained smoke chain (conftest) is built once per xdist worker: its users share one.
 pytestmark = pytest.mark.xdist_group("smoke_chain")
-
-
-@pytest.fixture(scope="module")
-def recon(smoke_chain):
-  return reconstruct.Reconstructor.from_workdir(smoke_chain[0], image_size=SIZE, batch_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,7 @@ def test_from_workdir_restores_the_most_trained_stage(recon, smoke_chain):
   assert recon.image_size == SIZE and recon.model.num_vertices == 3924
   # A stage-1 workdir has no trained UNet: its robust inlier mask stands in.
   stage1 = reconstruct.Reconstructor.from_workdir(os.path.join(smoke_chain[0], "pretrain"))
-  assert stage1.mask_source == "robust" and stage1.image_size == 224
+  assert stage1.mask_source == "robust" and stage1.image_size == 64  # the training side
 
 
 def test_reconstruction_fields_agree_with_an_independent_model(recon, result):
