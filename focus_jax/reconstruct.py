@@ -146,6 +146,16 @@ def _as_float_images(images) -> np.ndarray:
   return array.astype(np.float32)
 
 
+def _as_uint8_photo(photo) -> np.ndarray:
+  """``(h, w, 3)`` uint8 from a uint8 (0-255) or float ([0, 1]) photo."""
+  array = np.asarray(photo)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ValueError(f"expected a photo (h, w, 3), got shape {array.shape}")
+  if array.dtype == np.uint8:
+    return array
+  return np.clip(np.round(array.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
 def _load_model(model) -> mm.MorphableModel:
   if isinstance(model, mm.MorphableModel):
     return model
@@ -359,7 +369,7 @@ class Reconstructor:
 
     Args:
       images: aligned faces ``(B, H, H, 3)`` uint8 or float in [0, 1] (resized to ``S``), or,
-        with ``landmarks``, ``B`` raw photos of any sizes.
+        with ``landmarks``, ``B`` raw photos of any sizes (uint8 or float in [0, 1]).
       landmarks: ``(B, 68, 2)`` raw pixel landmarks of the photos, or None for aligned images.
 
     Returns:
@@ -431,7 +441,7 @@ def align_photos(
   """Aligns raw photos (Deep3DFaceRecon, SPEC §8) and resizes them to ``size``, like training.
 
   Args:
-    photos: ``B`` arrays ``(h_i, w_i, 3)`` uint8 RGB (sizes may differ).
+    photos: ``B`` arrays ``(h_i, w_i, 3)`` RGB, uint8 or float in [0, 1] (sizes may differ).
     landmarks: ``(B, 68, 2)`` float raw pixel iBUG-68 landmarks of each photo.
     size: side of the output images.
 
@@ -453,7 +463,7 @@ def align_photos(
   resize = input_pipeline.Resize(size)
   images, points, params = [], [], []
   for photo, lm in zip(photos, landmarks, strict=True):
-    image, lm_aligned, _, p = alignment.align_sample(np.asarray(photo, np.uint8), lm)
+    image, lm_aligned, _, p = alignment.align_sample(_as_uint8_photo(photo), lm)
     example = resize(
       {"image": image, "landmarks": lm_aligned, "mask": np.zeros(image.shape[:2], np.float32)}
     )

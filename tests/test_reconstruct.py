@@ -117,6 +117,9 @@ def test_photos_are_aligned_like_training(recon, tmp_path):
   )
   direct = recon(aligned[None])
   np.testing.assert_allclose(out.coefficients.shape, direct.coefficients.shape, atol=1e-5)
+  # A [0, 1] float photo is the same photo (it was once truncated to black by a uint8 cast).
+  floats = recon([photo.astype(np.float32) / 255.0], record.landmarks[None])
+  np.testing.assert_allclose(floats.coefficients.pose, out.coefficients.pose, atol=1e-6)
   # Back to the photo: the given landmarks again.
   back = reconstruct.to_photo_landmarks(out.input_landmarks, out.align, SIZE)
   np.testing.assert_allclose(back[0], record.landmarks, atol=1e-3)
