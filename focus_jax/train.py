@@ -524,11 +524,21 @@ def _init_from(state, workdir: str):
 class _Signals:
   """SIGINT / SIGTERM while training: the first asks the loop to save and stop after the current
   step; a second one exits at once (Orbax commits checkpoints by rename, so nothing on disk is
-  left half-written). Installed only in the main thread (signal handlers cannot live elsewhere)."""
+  left half-written). Installed only in the main thread (signal handlers cannot live elsewhere).
+
+  In a multi-process job every process must save the same step (a save is collective), so no
+  process may stop on its own signal. SIGTERM there belongs to JAX's preemption service: its
+  notifier tells the coordination service, and every process sees
+  ``CheckpointManager.reached_preemption`` at the same step. A Python SIGTERM handler would
+  replace that notifier, so none is installed; a first SIGINT is re-sent to this process as
+  SIGTERM to take the same path. With the service off (``jax_enable_preemption_service``)
+  signals keep their default effect, and a warning says so.
+  """
 
   def __init__(self):
     self.received = None
     self._previous = {}
+    self.multiprocess = jax.process_count() > 1
 
   def _handle(self, signum, frame):
     del frame
@@ -536,15 +546,35 @@ class _Signals:
       sys.stderr.write(f"\nSecond {signal.Signals(signum).name}: exiting now.\n")
       os._exit(128 + signum)
     self.received = signal.Signals(signum).name
+    everywhere = " on every process" if self.multiprocess else ""
     sys.stderr.write(
-      f"\n{self.received}: finishing the current step and saving a checkpoint "
+      f"\n{self.received}: finishing the current step and saving a checkpoint{everywhere} "
       "(send it again to exit at once).\n"
     )
+    if self.multiprocess:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  def stop_requested(self, mngr, step: int) -> bool:
+    """Whether the loop should save ``step`` and stop (every process agrees on it)."""
+    if self.multiprocess:
+      return mngr.reached_preemption(step)
+    return self.received is not None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    if not self.multiprocess:
+      handled = (signal.SIGINT, signal.SIGTERM)
+    elif jax.config.jax_enable_preemption_service:
+      handled = (signal.SIGINT,)
+    else:
+      handled = ()
+      log.warning(
+        "jax_enable_preemption_service is off: SIGINT and SIGTERM stop this multi-process run "
+        "without saving (at most config.checkpoint_every_steps steps are lost)"
+      )
+    for sig in handled:
+      self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def __exit__(self, *exc):
@@ -625,7 +655,7 @@ def _loop(config, workdir, mesh, replicated, nets, state, frozen, mngr, writer, 
   step_config = json.dumps({k: config.to_dict()[k] for k in step_keys}, sort_keys=True)
   steps = compiled_steps(nets, step_config, replicated)
   batches = make_batches(config, workdir, mesh, config.data.split, start, train=True)
-  if signals.received is not None:
+  if signals.received is not None and not signals.multiprocess:
     # Interrupted while setting up: nothing new to save, and compiling the step first would
     # keep the user waiting for minutes.
     log.warning("Stopped by %s before step %d; nothing to save.", signals.received, start + 1)
@@ -644,8 +674,7 @@ def _loop(config, workdir, mesh, replicated, nets, state, frozen, mngr, writer, 
         last = _after_step(config, writer, mngr, health, meter, *previous, t0) or last
       previous = (step + 1, scalars)
       done = step + 1 == config.total_steps
-      preempted = jax.process_count() > 1 and mngr.reached_preemption(step + 1)
-      stop = signals.received is not None or preempted
+      stop = signals.stop_requested(mngr, step + 1)
       if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
         values, grid = validate(config, workdir, mesh, nets, state, frozen)
         writer.write_scalars(step + 1, values)

@@ -252,6 +252,57 @@ def test_sigterm_to_the_command_saves_and_exits_cleanly(image_root, tmp_path):
   assert 1 <= checkpoint.latest_step(os.path.join(workdir, "checkpoints")) < 500
 
 
+def _free_port() -> int:
+  import socket
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two processes compiling the step (~2 min each case)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_process_of_two_stops_both_at_the_same_step(image_root, tmp_path, sig):
+  """A preemption notice (or a Ctrl-C) reaches one host only: JAX's preemption service must carry
+  it to the other, and both must save the same step (a save is collective: a host stopping
+  alone hangs; before the fix this test timed out)."""
+  workdir = str(tmp_path / "run")
+  root = os.path.join(os.path.dirname(__file__), "..")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  address = f"localhost:{_free_port()}"
+  procs = [
+    subprocess.Popen(
+      _train_command(workdir, image_root, 500)
+      + [
+        "--config.checkpoint_every_steps=1000",
+        "--distributed",
+        f"--coordinator={address}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=root,
+      env=env,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 600
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if os.path.exists(metrics) and '"step"' in open(metrics).read():
+      break
+    time.sleep(0.05)
+  procs[1].send_signal(sig)
+  errs = [p.communicate(timeout=300)[1] for p in procs]
+  assert [p.returncode for p in procs] == [143, 128 + sig], errs
+  saved = checkpoint.latest_step(os.path.join(workdir, "checkpoints"))
+  assert 1 <= saved < 500
+  reasons = ["preemption", "SIGINT" if sig == signal.SIGINT else "preemption"]
+  for err, reason in zip(errs, reasons, strict=True):
+    assert f"Stopped by {reason} at step {saved};" in err and "Traceback" not in err, err
+
+
 @pytest.mark.slow  # ~30 s of compilation
 def test_validation_during_training_writes_scalars_and_a_grid(image_root, tmp_path):
   workdir = tmp_path / "run"
