@@ -178,3 +178,80 @@ def test_submission_files_round_trip(tmp_path):
     files.read_obj(bad)
   with pytest.raises(ValueError, match="7x3"):
     now.write_landmarks(tmp_path / "x.npy", lm[:6])
+
+
+def _random_soup(seed, n_vertices=60, n_triangles=120):
+  """A random triangle soup with degenerate triangles (two coincident corners, collinear)."""
+  rng = np.random.default_rng(seed)
+  vertices = rng.normal(0, 10, (n_vertices, 3))
+  triangles = rng.integers(0, n_vertices - 1, (n_triangles, 3))
+  triangles[:4, 2] = triangles[:4, 1]  # Two coincident corners.
+  vertices[-1] = 0.5 * (vertices[0] + vertices[1])
+  triangles[4] = [0, 1, n_vertices - 1]  # Collinear corners.
+  return vertices, triangles, rng
+
+
+def test_closest_kernel_matches_numpy_over_the_same_candidates():
+  from focus_jax.eval import closest_kernel
+
+  vertices, triangles, rng = _random_soup(8)
+  mesh = mesh_distance.MeshDistance(vertices, triangles)
+  n = closest_kernel.BLOCK + 37  # Two blocks, the last one padded.
+  points = rng.normal(0, 12, (n, 3))
+  points[:5] = vertices[triangles[:5, 0]]  # On degenerate triangles' corners.
+  sites = rng.integers(0, mesh.tree.n, (n, 3))
+  d2, tri, residual = closest_kernel.closest(points, sites, mesh._device_tables)
+  candidates = mesh.site_incident[sites].reshape(n, -1)
+  owner, cand = np.nonzero(candidates >= 0)
+  pairs = mesh._exact2(np.ascontiguousarray(points.T)[:, owner], candidates[owner, cand])
+  expected = np.full(candidates.shape, np.inf)
+  expected[owner, cand] = pairs
+  np.testing.assert_allclose(d2, expected.min(axis=1), rtol=1e-9, atol=1e-12)
+  assert np.all(np.any(candidates == tri[:, None], axis=1))  # The pick is a candidate ...
+  own, own_residual = mesh._exact2(np.ascontiguousarray(points.T), tri, residual=True)
+  np.testing.assert_allclose(own, d2, rtol=1e-9, atol=1e-12)  # ... at that distance.
+  np.testing.assert_allclose(residual, own_residual.T, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_mesh_distance_is_exact_on_random_soups(k):
+  vertices, triangles, rng = _random_soup(9)
+  mesh = mesh_distance.MeshDistance(vertices, triangles, k=k)
+  # Near and far points: with k = 2 most of them need the exhaustive fallback.
+  points = vertices[rng.integers(0, len(vertices), 300)] + rng.normal(0, 1, (300, 3)) * rng.choice(
+    [0.0, 0.5, 5.0, 40.0], (300, 1)
+  )
+  dist, closest, tri = mesh.query(points)
+  np.testing.assert_allclose(dist, _brute_force(points, vertices, triangles), rtol=0, atol=1e-9)
+  np.testing.assert_allclose(np.linalg.norm(points - closest, axis=1), dist, atol=1e-9)
+  corners = vertices[triangles[tri]]
+  own, _ = mesh_distance.point_triangle_closest(points, *(corners[:, i] for i in range(3)))
+  np.testing.assert_allclose(own, dist, atol=1e-9)
+
+
+def test_plane_moments_match_direct_sums():
+  rng = np.random.default_rng(10)
+  n = 500
+  anchor = rng.normal(0, 40, (n, 3))
+  direction = rng.normal(size=(n, 3))
+  direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+  sim = _random_similarity(11)
+  scan = sim.apply(anchor + direction * rng.normal(0, 2, (n, 1))) + rng.normal(0, 0.5, (n, 3))
+  planes = mesh_distance._Planes(scan, anchor, direction)
+  # Direct sums, as in the per-point formulation: y = sim(anchor), u = R direction.
+  y, u = sim.apply(anchor), direction @ sim.rotation.T
+  residual = np.sum(u * (scan - y), axis=1)
+  np.testing.assert_allclose(planes.rms(sim), np.sqrt(np.mean(residual**2)), rtol=1e-9)
+  z = y - y.mean(axis=0)
+  jac = np.column_stack([np.sum(u * z, axis=1), np.cross(z, u), u])
+  jtj = jac.T @ jac
+  step = np.linalg.solve(jtj + 1e-3 * np.diag(np.diag(jtj)), jac.T @ residual)
+  rotation = mesh_distance._rotation_vector(step[1:4])
+  centre = y.mean(axis=0)
+  update = mesh_distance.Similarity(
+    1 + step[0], rotation, centre + step[4:] - (1 + step[0]) * rotation @ centre
+  )
+  expected, got = update.compose(sim), planes.step(sim, 1e-3)
+  np.testing.assert_allclose(got.scale, expected.scale, rtol=1e-9)
+  np.testing.assert_allclose(got.rotation, expected.rotation, atol=1e-9)
+  np.testing.assert_allclose(got.translation, expected.translation, rtol=1e-9, atol=1e-9)

@@ -1,21 +1,25 @@
-"""Exact scan-to-mesh distances and similarity alignment of a mesh to points, in NumPy/SciPy.
+"""Exact scan-to-mesh distances and similarity alignment of a mesh to points (NumPy/SciPy, JAX).
 
 Exact closest points (:class:`MeshDistance`): a KD-tree over the mesh vertices (plus lattice
-points of the few large triangles) proposes the triangles around the nearest vertices; a
-certificate (no triangle whose sites all lie at distance >= d can be closer than
-sqrt(d^2 - rho^2), rho a covering radius) says how many nearest vertices must be searched, and
-a cheap plane/disc lower bound screens candidates before the exact closed-form distance. The
-result is the exact distance up to floating-point rounding (float64). The KD-tree is built once
-per mesh; query points are moved into the mesh frame by the inverse similarity.
+points of the few large triangles) proposes the triangles around the nearest vertices, whose
+exact closed-form distances a jitted float64 kernel evaluates all at once
+(``focus_jax.eval.closest_kernel``); a certificate (no triangle whose sites all lie at distance
+>= d can be closer than sqrt(d^2 - rho^2), rho a covering radius) proves the result, and the few
+points it cannot prove get an exhaustive search. The result is the exact distance up to
+floating-point rounding (float64). The KD-tree is built once per mesh; query points are moved
+into the mesh frame by the inverse similarity.
 
 Alignment: :func:`umeyama` fits a similarity (scale, rotation, translation; no reflections) to
 corresponding points; :func:`refine_alignment` refines a similarity of the mesh by closest-point
 iterations (ICP with scale, point-to-plane): closest points of the transformed surface to the
 points are found, the distances linearised there are minimised by damped Gauss-Newton steps,
-and so on until the RMS distance stops decreasing. :func:`refine_and_measure` runs one such
-round on every point and returns the exact distances, reusing one KD-tree query.
+and so on until the RMS distance stops decreasing; the linearised distances are quadratic forms
+in per-point moments, so the Gauss-Newton steps cost O(1) after one pass over the points.
+:func:`refine_and_measure` runs one such round on every point and returns the exact distances.
 
-Geometry is float64 ``(N, 3)`` arrays; triangles ``(F, 3)`` int. SciPy is imported lazily.
+Geometry is float64 ``(N, 3)`` arrays; triangles ``(F, 3)`` int. SciPy and JAX are imported
+lazily (by :class:`MeshDistance`); the kernel runs on the host CPU whatever JAX's default
+backend.
 The NoW protocol built on this is ``focus_jax.eval.now``.
 """
 
@@ -118,8 +122,9 @@ def point_triangle_closest(
 
   The closest point is the orthogonal projection onto the triangle's plane when that falls
   inside the triangle (all barycentric coordinates >= 0), else the closest point of the three
-  edges (segments, clamped). Degenerate triangles (collinear or coincident corners) reduce to
-  their edges, which stays exact.
+  edges (segments, clamped). Degenerate triangles (collinear or coincident corners, or slivers
+  with an angle's sine below 1e-8, whose normal is lost to rounding) reduce to their edges,
+  which stays exact (to ~1e-8 edge lengths for slivers).
 
   Args:
     points: ``(..., 3)`` float64 query points.
@@ -133,11 +138,13 @@ def point_triangle_closest(
   ab, ac, ap = b - a, c - a, points - a
   n = np.cross(ab, ac)
   nn = np.einsum("...i,...i->...", n, n)
-  safe_nn = np.where(nn > 0, nn, 1.0)
+  squared = lambda x: np.einsum("...i,...i->...", x, x)
+  flat = nn > np.maximum(1e-16 * squared(ab) * squared(ac), 1e-300)
+  safe_nn = np.where(flat, nn, 1.0)
   # Barycentric coordinates of the projection from signed sub-areas.
   w_b = np.einsum("...i,...i->...", np.cross(ap, ac), n) / safe_nn
   w_c = np.einsum("...i,...i->...", np.cross(ab, ap), n) / safe_nn
-  inside = (nn > 0) & (w_b >= 0) & (w_c >= 0) & (w_b + w_c <= 1)
+  inside = flat & (w_b >= 0) & (w_c >= 0) & (w_b + w_c <= 1)
   projection = points - (np.einsum("...i,...i->...", ap, n) / safe_nn)[..., None] * n
   best = np.where(inside[..., None], projection, candidates[0])
   best_d2 = np.sum((points - best) ** 2, axis=-1)
@@ -157,6 +164,51 @@ def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _cross(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   """Cross products ``(3, F)`` of component-major ``(3, F)`` vectors."""
   return np.stack([x[1] * y[2] - x[2] * y[1], x[2] * y[0] - x[0] * y[2], x[0] * y[1] - x[1] * y[0]])
+
+
+def pair_distance2(xp, points, rows, residual=False):
+  """Exact squared distances of points to triangles given by rows of ``MeshDistance``'s table.
+
+  The plane distance when the projection falls inside the triangle (barycentrics times
+  ``|n|^2`` non-negative, summing to at most ``|n|^2``; never for a zero-area triangle or a
+  sliver, whose limit is -1), else the closest of the three clamped edge projections, from explicit
+  residuals (accurate down to zero distance). Shared by the NumPy search and the jitted kernel
+  (``focus_jax.eval.closest_kernel``), so both evaluate the same expression.
+
+  Args:
+    xp: ``numpy`` or ``jax.numpy``.
+    points: ``(3, ...)`` float64 points, component-major.
+    rows: the 20 table rows (A, B - A, C - A, unit normal, |AB|^2, AB.AC, |AC|^2, inside limit,
+      |AB|^2 - AB.AC, 1/|AB|^2, 1/|AC|^2, 1/|BC|^2), each broadcastable against ``points[0]``.
+    residual: also return ``point - closest point`` ``(3, ...)``.
+
+  Returns:
+    ``d2 (...)``, or ``(d2, residual)``.
+  """
+  ax, ay, az, e0x, e0y, e0z, e1x, e1y, e1z, nx, ny, nz = rows[:12]
+  d00, d01, d11, lim, c22, i00, i11, i22 = rows[12:]
+  apx, apy, apz = points[0] - ax, points[1] - ay, points[2] - az
+  d1 = e0x * apx + e0y * apy + e0z * apz
+  d2 = e1x * apx + e1y * apy + e1z * apz
+  s = d11 * d1 - d01 * d2
+  t = d00 * d2 - d01 * d1
+  inside = (s >= 0) & (t >= 0) & (s + t <= lim)
+  h = nx * apx + ny * apy + nz * apz
+  u = xp.minimum(xp.maximum(d1 * i00, 0.0), 1.0)
+  ab = (apx - u * e0x, apy - u * e0y, apz - u * e0z)
+  v = xp.minimum(xp.maximum(d2 * i11, 0.0), 1.0)
+  ac = (apx - v * e1x, apy - v * e1y, apz - v * e1z)
+  w = xp.minimum(xp.maximum((d2 - d1 + c22) * i22, 0.0), 1.0)
+  e2x, e2y, e2z = e1x - e0x, e1y - e0y, e1z - e0z
+  bc = (apx - e0x - w * e2x, apy - e0y - w * e2y, apz - e0z - w * e2z)
+  dab, dac, dbc = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2] for r in (ab, ac, bc))
+  edge = xp.minimum(xp.minimum(dab, dac), dbc)
+  dist2 = xp.where(inside, h * h, edge)
+  if not residual:
+    return dist2
+  pick_ab, pick_ac = (dab == edge)[None], (dac == edge)[None]
+  res = xp.where(pick_ab, xp.stack(ab), xp.where(pick_ac, xp.stack(ac), xp.stack(bc)))
+  return dist2, xp.where(inside[None], h * xp.stack([nx, ny, nz]), res)
 
 
 def _lattice(n: int) -> np.ndarray:
@@ -192,20 +244,22 @@ class MeshDistance:
   nearest sites have been searched, no other triangle can beat the best squared distance
   ``u^2`` if ``d_j^2 - rho^2 >= u^2`` (``d_j``: distance of the (j+1)-th nearest site). Unlike a
   bound ``d_j - eps``, this one stays tight above a flat surface: the triangles around the 2-5
-  nearest vertices usually suffice. Points not certified among ``k`` sites (a few percent, far
-  from the surface) get an exhaustive search over the sites within ``sqrt(u^2 + rho^2)``.
+  nearest vertices usually suffice.
 
-  Every candidate triangle is first screened by a cheap lower bound, its plane distance ``h``
-  and the lateral distance to its enclosing disc: ``dist^2 >= h^2 + (lateral - rho_T)_+^2``.
-  Only candidates that may beat the best so far get the exact distance: the plane distance when
-  the projection falls inside, else the closest of the three clamped edge projections,
-  vectorised over all pairs with precomputed per-triangle edge data, in float64, from explicit
-  residuals (accurate down to zero distance). Zero-area triangles reduce to their edges.
+  A query takes the ``k`` nearest sites of every point; the jitted kernel evaluates the exact
+  distance (:func:`pair_distance2`) of every triangle incident to the first ``k - 1`` (a fixed
+  ``(k - 1) * valence`` candidates per point: evaluating them all in one fused loop costs less
+  than screening them), and the ``k``-th site certifies the best. Points it does not certify (a
+  few percent, far from the surface) get an exhaustive search over the sites within
+  ``sqrt(u^2 + rho^2)`` in NumPy, where every candidate is first screened by a cheap lower
+  bound, its plane distance ``h`` and the lateral distance to its enclosing disc: ``dist^2 >=
+  h^2 + (lateral - rho_T)_+^2``.
 
   Args:
     vertices: ``(V, 3)`` float mesh vertices.
     triangles: ``(F, 3)`` int triangle corner indices.
-    k: nearest sites examined per query point before the exhaustive fallback (speed only).
+    k: nearest sites per query point: the triangles of the first ``k - 1`` are searched, the
+      ``k``-th certifies, the rest is the exhaustive fallback (speed only).
     workers: threads of the KD-tree queries (``-1`` = all cores).
     rho_percentile: percentile of the triangles' enclosing radii above which triangles are
       subdivided (speed only).
@@ -220,6 +274,8 @@ class MeshDistance:
     rho_percentile: float = 95.0,
   ):
     from scipy.spatial import cKDTree  # Lazy: SciPy is only needed for evaluation.
+
+    from focus_jax.eval import closest_kernel  # Lazy: it imports JAX.
 
     vertices = np.asarray(vertices, np.float64)
     triangles = np.asarray(triangles)
@@ -247,7 +303,10 @@ class MeshDistance:
     normal = _cross(e0, e1)
     nn = _dot(normal, normal)
     # A triangle of zero area is the union of its edges: the "inside" case is switched off.
-    degenerate = nn <= 1e-300
+    # So is a sliver (sin(angle) < 1e-8): its normal is lost to rounding, so the inside case
+    # would measure along an arbitrary direction, while its points lie within ~1e-8 edge
+    # lengths of its edges.
+    degenerate = nn <= np.maximum(1e-16 * d00 * d11, 1e-300)
     unit = normal / np.sqrt(np.where(degenerate, 1.0, nn))
     inv = lambda x: 1.0 / np.where(x > 0, x, np.inf)  # Zero-length edge: parameter 0.
     # Rows gathered per candidate pair: A, B - A, C - A, unit normal, |AB|^2, AB.AC, |AC|^2,
@@ -300,37 +359,11 @@ class MeshDistance:
     self.tree = cKDTree(np.concatenate(sites), balanced_tree=False, compact_nodes=False)
     self.k = int(min(max(k, 2), self.tree.n))
     self.workers = workers
+    self._device_tables = closest_kernel.device_tables(self._exact_table, self.site_incident)
 
   def _exact2(self, points, tri, residual=False):
-    """Exact squared distances ``(P,)`` of points ``(3, P)`` to triangles ``tri (P,)``; with
-    ``residual`` also ``p - closest`` ``(3, P)``."""
-    ax, ay, az, e0x, e0y, e0z, e1x, e1y, e1z, nx, ny, nz, d00, d01, d11, lim, c22, i00, i11, i22 = (
-      self._exact_table[:, tri]
-    )
-    apx, apy, apz = points[0] - ax, points[1] - ay, points[2] - az
-    d1 = e0x * apx + e0y * apy + e0z * apz
-    d2 = e1x * apx + e1y * apy + e1z * apz
-    # Projection inside (barycentrics times |n|^2 non-negative, summing to at most |n|^2):
-    # the plane distance. Otherwise the closest of the three clamped edge projections.
-    s = d11 * d1 - d01 * d2
-    t = d00 * d2 - d01 * d1
-    inside = (s >= 0) & (t >= 0) & (s + t <= lim)
-    h = nx * apx + ny * apy + nz * apz
-    u = np.minimum(np.maximum(d1 * i00, 0.0), 1.0)
-    ab = (apx - u * e0x, apy - u * e0y, apz - u * e0z)
-    v = np.minimum(np.maximum(d2 * i11, 0.0), 1.0)
-    ac = (apx - v * e1x, apy - v * e1y, apz - v * e1z)
-    w = np.minimum(np.maximum((d2 - d1 + c22) * i22, 0.0), 1.0)
-    e2x, e2y, e2z = e1x - e0x, e1y - e0y, e1z - e0z
-    bc = (apx - e0x - w * e2x, apy - e0y - w * e2y, apz - e0z - w * e2z)
-    dab, dac, dbc = (r[0] * r[0] + r[1] * r[1] + r[2] * r[2] for r in (ab, ac, bc))
-    edge = np.minimum(np.minimum(dab, dac), dbc)
-    dist2 = np.where(inside, h * h, edge)
-    if not residual:
-      return dist2
-    pick_ab, pick_ac = (dab == edge)[None], (dac == edge)[None]
-    res = np.where(pick_ab, np.stack(ab), np.where(pick_ac, np.stack(ac), np.stack(bc)))
-    return dist2, np.where(inside[None], h * np.stack([nx, ny, nz]), res)
+    """:func:`pair_distance2` of points ``(3, P)`` and triangles ``tri (P,)``."""
+    return pair_distance2(np, points, self._exact_table[:, tri], residual)
 
   def _lower2(self, points, tri):
     """Lower bounds ``(P,)`` of the squared distances of points ``(3, P)`` to triangles ``tri
@@ -349,19 +382,12 @@ class MeshDistance:
       out[i : i + chunk] = fn(points[:, owner[i : i + chunk]], tri[i : i + chunk])
     return out
 
-  def _search(self, points, owner, tri, best, seed=None):
+  def _search(self, points, owner, tri, best):
     """Lowers ``best = (d2 (N,), tri (N,))`` in place by the pairs ``owner (P,)`` (sorted
-    indices into ``points (3, N)``) x ``tri (P,)``: screened by the lower bound, then exact.
-    With ``seed``, ``best`` is first set from each point's pair of least lower bound."""
+    indices into ``points (3, N)``) x ``tri (P,)``: screened by the lower bound, then exact."""
     if owner.size == 0:
       return
     lower = self._chunked(self._lower2, points, owner, tri)
-    if seed is not None:
-      first = _run_argmin(owner, lower)
-      rows = owner[first]
-      best[0][rows] = self._chunked(self._exact2, points, rows, tri[first])
-      best[1][rows] = tri[first]
-      lower[first] = np.inf
     keep = np.flatnonzero(lower <= best[0][owner] * (1 + 1e-9))
     if keep.size == 0:
       return
@@ -387,18 +413,6 @@ class MeshDistance:
     dist, site = self.tree.query(points, k=k, workers=self.workers)
     return dist.reshape(-1, k), site.reshape(-1, k)
 
-  def closest_on(self, points: np.ndarray, tri: np.ndarray, chunk: int = 16384):
-    """Distances ``(N,)`` and closest points ``(N, 3)`` of ``points (N, 3)`` on the given
-    triangles ``tri (N,)`` int (float64)."""
-    points = np.asarray(points, np.float64).reshape(-1, 3)
-    pts = np.ascontiguousarray(points.T)
-    d2, residual = np.empty(points.shape[0]), np.empty((3, points.shape[0]))
-    for i in range(0, points.shape[0], chunk):
-      d2[i : i + chunk], residual[:, i : i + chunk] = self._exact2(
-        pts[:, i : i + chunk], tri[i : i + chunk], residual=True
-      )
-    return np.sqrt(d2), points - residual.T
-
   def query(
     self,
     points: np.ndarray,
@@ -411,8 +425,9 @@ class MeshDistance:
     Args:
       points: ``(N, 3)`` float query points.
       exact: certified search (see the class docs). With False only the triangles incident to
-        the nearest site are searched: the distance is then an upper bound of the exact one,
-        exact for most points near the surface, at a fraction of the cost.
+        the nearest site are searched (the first of ``neighbours`` if given): the distance is
+        then an upper bound of the exact one, exact for most points near the surface, at a
+        fraction of the cost.
       neighbours: :meth:`nearest_sites` of earlier positions of the points, which saves the
         KD-tree query; ``moved`` then bounds how far each point has moved since.
       moved: ``(N,)`` float distances from those earlier positions (default 0). The
@@ -422,11 +437,12 @@ class MeshDistance:
       ``(distance (N,), closest (N, 3), triangle (N,))``: float64 distances and points and the
       int64 index of a closest triangle.
     """
+    from focus_jax.eval import closest_kernel  # Lazy: it imports JAX.
+
     points = np.asarray(points, np.float64).reshape(-1, 3)
     n = points.shape[0]
     if n == 0:
       return np.zeros(0), np.zeros((0, 3)), np.zeros(0, np.int64)
-    pts = np.ascontiguousarray(points.T)
     if neighbours is None:
       site_dist, site = self.nearest_sites(points, self.k if exact else 1)
     else:
@@ -435,28 +451,28 @@ class MeshDistance:
         raise ValueError(f"neighbours: expected two (N={n}, k) arrays, got {site.shape}")
       if moved is not None:
         site_dist = np.maximum(site_dist - np.asarray(moved, np.float64)[:, None], 0.0)
+    # Every triangle incident to the searched ranks at once (the jitted kernel makes evaluating
+    # them all cheaper than screening them); the next rank's distance certifies the result.
     k = site.shape[1]
-    best = (np.full(n, np.inf), np.zeros(n, np.int64))
-    self._search(pts, *self._site_pairs(np.arange(n), site[:, 0]), best, seed=True)
+    ranks = max(k - 1, 1) if exact else 1
+    d2, tri, residual = closest_kernel.closest(points, site[:, :ranks], self._device_tables)
     if exact:
-      # Lower bounds on the squared distance of triangles with no site among ranks < j
-      # (rank k stands for every site beyond the list).
-      bound = site_dist**2 - self.rho**2
-      ok = bound[:, 1:] >= (best[0] * (1 + 1e-9))[:, None]
-      # Ranks to search: up to the first certifying one (else all but the last).
-      ranks = np.where(ok.any(1), np.argmax(ok, 1) + 1, k - 1)
-      rows, rank = np.nonzero(np.arange(1, k) < ranks[:, None])
-      self._search(pts, *self._site_pairs(rows, site[rows, rank + 1]), best)
-      todo = np.flatnonzero((ranks == k - 1) & (bound[:, -1] < best[0] * (1 + 1e-9)))
+      # Triangles with no site among the searched ranks have every site at distance >=
+      # site_dist[:, ranks], hence a squared distance >= that squared minus rho^2.
+      todo = np.arange(n)
+      if ranks < k:
+        todo = np.flatnonzero(site_dist[:, ranks] ** 2 - self.rho**2 < d2 * (1 + 1e-9))
       if todo.size:
         # Exhaustive: a triangle within sqrt(d2) has a site within sqrt(d2 + rho^2).
-        radius = np.sqrt(best[0][todo] + self.rho**2) * (1 + 1e-9)
+        pts = np.ascontiguousarray(points.T)
+        radius = np.sqrt(d2[todo] + self.rho**2) * (1 + 1e-9)
         balls = self.tree.query_ball_point(points[todo], radius, workers=self.workers)
         counts = np.fromiter(map(len, balls), np.int64, len(balls))
         sites = np.fromiter(itertools.chain.from_iterable(balls), np.int64, int(counts.sum()))
-        self._search(pts, *self._site_pairs(np.repeat(todo, counts), sites), best)
-    dist, closest = self.closest_on(points, best[1])
-    return dist, closest, best[1]
+        self._search(pts, *self._site_pairs(np.repeat(todo, counts), sites), (d2, tri))
+        d2[todo], res = self._exact2(pts[:, todo], tri[todo], residual=True)
+        residual[todo] = res.T
+    return np.sqrt(d2), points - residual, tri
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,27 +489,55 @@ def _rotation_vector(omega: np.ndarray) -> np.ndarray:
   return np.eye(3) + np.sin(theta) * kx + (1.0 - np.cos(theta)) * kx @ kx
 
 
-def _gauss_newton_step(
-  sim: Similarity, scan: np.ndarray, anchor: np.ndarray, direction: np.ndarray, damping: float
-) -> Similarity:
-  """One damped Gauss-Newton (Levenberg-Marquardt) step on ``sum_i r_i^2``, ``r_i = (R u_i) .
-  (scan_i - sim(anchor_i))``: the distance of ``scan_i`` to the plane through the mesh point
-  ``anchor_i`` normal to the mesh-frame unit ``direction u_i`` (the linearised point-to-surface
-  distance), parametrised by scale, axis-angle rotation about the centroid and translation."""
-  y = sim.apply(anchor)
-  u = direction @ sim.rotation.T
-  centre = y.mean(axis=0)
-  z = y - centre
-  jac = np.column_stack([np.sum(u * z, axis=1), np.cross(z, u), u])
-  jtj = jac.T @ jac
-  jtj_damped = jtj + damping * np.diag(np.diag(jtj))
-  step = np.linalg.lstsq(jtj_damped, jac.T @ np.sum(u * (scan - y), axis=1), rcond=None)[0]
-  scale = 1.0 + step[0]
-  if scale <= 0:
-    return sim
-  rotation = _rotation_vector(step[1:4])
-  update = Similarity(scale, rotation, centre + step[4:] - scale * rotation @ centre)
-  return update.compose(sim)
+class _Planes:
+  """The linearised distances ``r_i = (R u_i) . (scan_i - sim(anchor_i))`` of scan points to the
+  planes through mesh points ``anchor_i`` normal to mesh-frame unit directions ``u_i``, for any
+  similarity ``sim = (s, R, t)``, from 16 moments of per-point features.
+
+  With centred anchors ``a_i = anchor_i - mean(anchor)`` and scan points ``q_i = scan_i -
+  mean(scan)``: ``r_i = <R, q_i u_i^T> - s u_i.a_i + u_i.v``, ``v = R^T (mean(scan) - t) - s
+  mean(anchor)``, and the Jacobian rows of a step in scale, rotation about the centroid of
+  ``sim(anchor)`` and translation are ``(s u_i.a_i, s R (a_i x u_i), R u_i)``. Both are linear in
+  the features ``phi_i = (u_i.a_i, u_i, a_i x u_i, q_i u_i^T)``, so the sums over points come
+  from ``M = mean(phi phi^T)`` (16 x 16): an RMS or a Gauss-Newton step costs O(1) however many
+  points there are.
+  """
+
+  def __init__(self, scan: np.ndarray, anchor: np.ndarray, direction: np.ndarray):
+    self.scan_mean, self.anchor_mean = scan.mean(axis=0), anchor.mean(axis=0)
+    q, a, u = scan - self.scan_mean, anchor - self.anchor_mean, direction
+    outer = (q[:, :, None] * u[:, None, :]).reshape(-1, 9)
+    phi = np.column_stack([np.sum(u * a, axis=1), u, np.cross(a, u), outer])
+    self.moments = phi.T @ phi / scan.shape[0]
+
+  def _residual_map(self, sim: Similarity) -> np.ndarray:
+    """``b (16,)`` with ``r_i = b . phi_i``."""
+    v = sim.rotation.T @ (self.scan_mean - sim.translation) - sim.scale * self.anchor_mean
+    return np.concatenate([[-sim.scale], v, np.zeros(3), sim.rotation.ravel()])
+
+  def rms(self, sim: Similarity) -> float:
+    """RMS of the linearised distances under ``sim``."""
+    b = self._residual_map(sim)
+    return float(np.sqrt(max(b @ self.moments @ b, 0.0)))
+
+  def step(self, sim: Similarity, damping: float) -> Similarity:
+    """One damped Gauss-Newton (Levenberg-Marquardt) step on ``sum_i r_i^2``, parametrised by
+    scale, axis-angle rotation about the centroid of ``sim(anchor)`` and translation."""
+    jac = np.zeros((7, 16))  # Jacobian rows = jac @ phi_i.
+    jac[0, 0] = sim.scale
+    jac[1:4, 4:7] = sim.scale * sim.rotation
+    jac[4:7, 1:4] = sim.rotation
+    jm = jac @ self.moments
+    jtj = jm @ jac.T
+    jtj_damped = jtj + damping * np.diag(np.diag(jtj))
+    step = np.linalg.lstsq(jtj_damped, jm @ self._residual_map(sim), rcond=None)[0]
+    scale = 1.0 + step[0]
+    if scale <= 0:
+      return sim
+    rotation = _rotation_vector(step[1:4])
+    centre = sim.apply(self.anchor_mean[None])[0]
+    update = Similarity(scale, rotation, centre + step[4:] - scale * rotation @ centre)
+    return update.compose(sim)
 
 
 def _refine_planes(
@@ -504,22 +548,18 @@ def _refine_planes(
   max_iterations: int,
   tolerance: float,
 ) -> tuple[Similarity, int]:
-  """Levenberg-Marquardt on the RMS of the linearised distances of :func:`_gauss_newton_step`
-  for fixed anchors ``(N, 3)`` and unit directions ``(N, 3)`` (mesh frame): point-to-plane
-  ICP's inner problem, which converges in a few steps and needs no search.
+  """Levenberg-Marquardt on the RMS of the linearised distances of :class:`_Planes` for fixed
+  anchors ``(N, 3)`` and unit directions ``(N, 3)`` (mesh frame): point-to-plane ICP's inner
+  problem, which converges in a few steps and needs no search.
 
   Returns ``(similarity, iterations)``."""
-
-  def rms(s):
-    residual = np.sum((direction @ s.rotation.T) * (scan - s.apply(anchor)), axis=1)
-    return float(np.sqrt(np.mean(residual * residual)))
-
-  value, iterations, damping = rms(sim), 0, 1e-3
+  planes = _Planes(scan, anchor, direction)
+  value, iterations, damping = planes.rms(sim), 0, 1e-3
   while iterations < max_iterations:
     iterations += 1
     for _ in range(3):  # Damping grows on a rejected step.
-      candidate = _gauss_newton_step(sim, scan, anchor, direction, damping)
-      trial = rms(candidate)
+      candidate = planes.step(sim, damping)
+      trial = planes.rms(candidate)
       if trial < value:
         damping = max(damping / 10, 1e-6)
         break
@@ -605,11 +645,11 @@ def refine_and_measure(
 ) -> tuple[np.ndarray, Similarity, int]:
   """One point-to-plane round on every scan point, then their exact distances to the surface.
 
-  One KD-tree query finds the closest triangles around each point's nearest site; the distances
-  linearised there are minimised (:func:`_refine_planes`); the exact search then reuses that
-  query, its certificate loosened by how far each point has moved in the mesh frame
-  (:meth:`MeshDistance.query` with ``neighbours`` and ``moved``). A round that raises the RMS
-  is undone.
+  The closest triangles around each point's nearest site linearise the distances, which are
+  minimised (:func:`_refine_planes`); then the exact search runs at the final positions. (It
+  queries the KD-tree afresh: reusing the first query with its certificate loosened by how far
+  the points moved, ~1 mm after a subset refinement, would send most points to the exhaustive
+  search.) A round that raises the RMS is undone.
 
   Args:
     mesh: the mesh in its own frame.
@@ -623,15 +663,12 @@ def refine_and_measure(
     ``(distances (N,) float64 in the scan's unit, similarity, iterations)``.
   """
   start = initial.inverse_apply(scan)
-  neighbours = mesh.nearest_sites(start)
-  approx, closest, tri = mesh.query(start, exact=False, neighbours=neighbours)
+  approx, closest, tri = mesh.query(start, exact=False)
   direction = _linearisation(mesh, start, closest, tri)
   final, used = _refine_planes(scan, initial, closest, direction, max_iterations, tolerance)
-  points = final.inverse_apply(scan)
-  moved = np.linalg.norm(points - start, axis=1)
-  dist, _, _ = mesh.query(points, neighbours=neighbours, moved=moved)
+  dist, _, _ = mesh.query(final.inverse_apply(scan))
   if final.scale**2 * np.mean(dist * dist) > initial.scale**2 * np.mean(approx * approx):
     # The last step raised the true RMS above an upper bound of the previous one: undo it.
     final, used = initial, 0
-    dist, _, _ = mesh.query(start, neighbours=neighbours)
+    dist, _, _ = mesh.query(start)
   return final.scale * dist, final, used

@@ -1,4 +1,4 @@
-"""NoW-challenge-style 3D reconstruction error (scan-to-mesh distance), in NumPy/SciPy.
+"""NoW-challenge-style 3D reconstruction error (scan-to-mesh distance), in NumPy/SciPy and JAX.
 
 The protocol of soubhiksanyal/now_evaluation (``scan2mesh_computations.py``), reimplemented:
 
@@ -24,9 +24,10 @@ The protocol of soubhiksanyal/now_evaluation (``scan2mesh_computations.py``), re
 The geometry (similarities, exact closest points on a mesh through a KD-tree with a
 certificate, the closest-point refinement) is ``focus_jax.eval.mesh_distance``; this module is
 the protocol on top of it. The KD-tree is built once per predicted mesh; the scan points are
-moved into the mesh frame by the inverse similarity.
+moved into the mesh frame by the inverse similarity. ``bench/now_metric.py`` times it.
 
-Geometry is float64 ``(N, 3)`` arrays; triangles ``(F, 3)`` int. SciPy is imported lazily.
+Geometry is float64 ``(N, 3)`` arrays; triangles ``(F, 3)`` int. SciPy is imported lazily; the
+exact distances run in a jitted float64 JAX kernel on the host CPU.
 Files (OBJ without colours, 7x3 landmark ``.npy``) follow the NoW submission format.
 """
 
@@ -107,8 +108,7 @@ def scan_to_mesh_error(
 
   The refinement runs first on a random subset of the cropped scan (a cheap, close start,
   :func:`mesh_distance.refine_alignment`), then one point-to-plane round on every cropped vertex
-  whose final exact search reuses that round's KD-tree query
-  (:func:`mesh_distance.refine_and_measure`).
+  followed by the exact search (:func:`mesh_distance.refine_and_measure`).
 
   Args:
     scan_vertices: ``(N, 3)`` float ground-truth scan vertices (mm).
@@ -188,8 +188,8 @@ def evaluate_many(
     jobs: ``(scan_vertices, scan_landmarks, predicted_vertices, predicted_triangles,
       predicted_landmarks)`` tuples, arrays as in :func:`scan_to_mesh_error`.
     processes: worker processes (1: in this process). Workers are spawned (never forked: the
-      caller may hold JAX threads), so each costs an interpreter start-up (~1 s); use them
-      for batches of tens of meshes or more.
+      caller may hold JAX threads), so each costs an interpreter start-up and the compilation
+      of the distance kernels (~1 s each); use them for batches of tens of meshes or more.
     **options: keyword arguments of :func:`scan_to_mesh_error`.
 
   Returns:
