@@ -3,7 +3,7 @@
 :class:`mesh_distance.MeshDistance` hands every query point a row of its nearest KD-tree sites;
 the triangles incident to them (a padded ``(S, V)`` table, -1 for none) are the point's
 candidates. The kernel evaluates the exact squared distance of every (point, candidate) pair
-with the closed form of :func:`mesh_distance.pair_distance2` and keeps each point's closest
+with the closed form of :func:`triangle_distance.pair_distance2` and keeps each point's closest
 candidate (the first on ties). XLA fuses the closed form and the per-row gathers of the triangle
 table into one loop, ~20x less CPU time per pair than the same NumPy expression with its dozens
 of temporaries, so evaluating every candidate is cheaper than screening them.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax.eval import mesh_distance
+from focus_jax.eval import triangle_distance
 
 # Rows per kernel call: large enough to amortise the dispatch, small enough for the cache.
 BLOCK = 1024
@@ -63,11 +63,11 @@ def _closest_block(points, sites, incident, table):
   # One gather per table row: XLA fuses each into the distance loop instead of materialising a
   # (B, C, 20) block, which would spill the cache.
   rows = [table[i][safe] for i in range(table.shape[0])]
-  d2 = mesh_distance.pair_distance2(jnp, points.T[:, :, None], rows)
+  d2 = triangle_distance.pair_distance2(jnp, points.T[:, :, None], rows)
   d2 = jnp.where(candidates >= 0, d2, jnp.inf)
   pick = jnp.argmin(d2, axis=1)[:, None]
   triangle = jnp.take_along_axis(candidates, pick, 1)[:, 0]
-  _, residual = mesh_distance.pair_distance2(
+  _, residual = triangle_distance.pair_distance2(
     jnp, points.T, table[:, jnp.maximum(triangle, 0)], residual=True
   )
   return jnp.take_along_axis(d2, pick, 1)[:, 0], triangle, residual.T
