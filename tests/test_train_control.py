@@ -11,6 +11,7 @@ import time
 import chex
 import jax
 import pytest
+from test_multiprocess import _free_port
 from test_train import _smoke
 
 from focus_jax import checkpoint, lock, metric_writer, train
@@ -250,14 +251,6 @@ def test_sigterm_to_the_command_saves_and_exits_cleanly(image_root, tmp_path):
   assert proc.returncode == 143, err
   assert "Run the same command to resume" in err and "Traceback" not in err
   assert 1 <= checkpoint.latest_step(os.path.join(workdir, "checkpoints")) < 500
-
-
-def _free_port() -> int:
-  import socket
-
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 @pytest.mark.slow  # two processes compiling the step (~2 min each case)
