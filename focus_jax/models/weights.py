@@ -235,6 +235,9 @@ def load_params(module: nnx.Module, path: str, *, ignore: Iterable[str] = ()) ->
   return arch
 
 
+_ARCFACE_WARNED: set[str] = set()
+
+
 def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict[str, str]]:
   """Loads frozen ArcFace weights, or disables the ArcFace losses when there are none.
 
@@ -245,7 +248,7 @@ def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict
   Returns:
     ``(network in eval mode, record)`` with record ``{loss: 'enabled: <path>'}``, or
     ``(None, record)`` with record ``{loss: 'disabled: <reason>'}`` for the perceptual, preserve
-    and dist losses after one warning. Never a randomly initialised network.
+    and dist losses after a warning (once per reason and process; later calls log at INFO). Never a randomly initialised network.
 
   Raises:
     ValueError: the file exists but does not hold IResNet weights, or is a PyTorch file (those
@@ -267,11 +270,14 @@ def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict
     network = build_module(arch, params, source=path)
     network.eval()
     return network, {name: f"enabled: {path}" for name in arcface.ARCFACE_LOSSES}
-  logging.getLogger(__name__).warning(
+  # One warning per reason and process: a chain of stages would otherwise repeat it per stage.
+  log = logging.getLogger(__name__)
+  (log.info if reason in _ARCFACE_WARNED else log.warning)(
     "%s: the ArcFace losses (%s) are DISABLED for this run (weight 0). Convert insightface "
     "ms1mv3 r50 weights with `python -m focus_jax.convert arcface backbone.pth --out "
     "arcface.npz` and point the config to them to enable them.",
     reason,
     ", ".join(arcface.ARCFACE_LOSSES),
   )
+  _ARCFACE_WARNED.add(reason)
   return None, arcface.disabled_record(reason)
