@@ -364,7 +364,7 @@ class MeshDistance:
 
   def nearest_sites(self, points: np.ndarray, k: int | None = None):
     """The ``k`` (default ``self.k``) nearest sites of ``points (N, 3)``: distances ``(N, k)``
-    float64, ascending, and site indices ``(N, k)`` int64 (reusable by :meth:`query`)."""
+    float64, ascending, and site indices ``(N, k)`` int64."""
     points = np.asarray(points, np.float64).reshape(-1, 3)
     k = self.k if k is None else int(min(max(k, 1), self.tree.n))
     dist, site = self.tree.query(points, k=k, workers=self.workers)
@@ -374,21 +374,14 @@ class MeshDistance:
     self,
     points: np.ndarray,
     exact: bool = True,
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-    moved: np.ndarray | None = None,
   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Closest mesh points to ``points``.
 
     Args:
       points: ``(N, 3)`` float query points.
       exact: certified search (see the class docs). With False only the triangles incident to
-        the nearest site are searched (the first of ``neighbours`` if given): the distance is
-        then an upper bound of the exact one, exact for most points near the surface, at a
-        fraction of the cost.
-      neighbours: :meth:`nearest_sites` of earlier positions of the points, which saves the
-        KD-tree query; ``moved`` then bounds how far each point has moved since.
-      moved: ``(N,)`` float distances from those earlier positions (default 0). The
-        certificate uses the site distances minus ``moved``, so it stays exact.
+        the nearest site are searched: the distance is then an upper bound of the exact one,
+        exact for most points near the surface, at a fraction of the cost.
 
     Returns:
       ``(distance (N,), closest (N, 3), triangle (N,))``: float64 distances and points and the
@@ -400,14 +393,7 @@ class MeshDistance:
     n = points.shape[0]
     if n == 0:
       return np.zeros(0), np.zeros((0, 3)), np.zeros(0, np.int64)
-    if neighbours is None:
-      site_dist, site = self.nearest_sites(points, self.k if exact else 1)
-    else:
-      site_dist, site = neighbours
-      if site_dist.shape != (n, site.shape[1]) or site.shape[0] != n:
-        raise ValueError(f"neighbours: expected two (N={n}, k) arrays, got {site.shape}")
-      if moved is not None:
-        site_dist = np.maximum(site_dist - np.asarray(moved, np.float64)[:, None], 0.0)
+    site_dist, site = self.nearest_sites(points, self.k if exact else 1)
     # Every triangle incident to the searched ranks at once (the jitted kernel makes evaluating
     # them all cheaper than screening them); the next rank's distance certifies the result.
     k = site.shape[1]
