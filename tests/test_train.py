@@ -50,6 +50,11 @@ def test_config_numbers_follow_the_spec():
   assert (pre.optim.encoder_lr, pre.total_steps, pre.optim.decay_every_steps) == (0.1, 300000, 5000)
   assert _config("unet_pretrain").optim.unet_lr == 0.03
   assert _config("adapt").data.split == "test"
+  assert _config("adapt").total_steps == 10000
+  # The 2-core recipe adapts with its own EM schedule, not the full 10000 steps.
+  cpu_adapt, cpu_em = _config("adapt", "cpu"), _config("em", "cpu")
+  assert cpu_adapt.data.split == "test"
+  assert cpu_adapt.total_steps == cpu_em.total_steps and cpu_adapt.em == cpu_em.em
 
 
 def test_checkpoint_round_trip_into_sharded_target(tmp_path):
