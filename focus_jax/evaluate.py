@@ -1,21 +1,27 @@
 """Evaluation of trained FOCUS stages: ``python -m focus_jax.evaluate --workdir W --out DIR``.
 
 ``W`` is one stage workdir (it holds ``config.json`` and ``checkpoints/``) or a chain workdir
-whose ``pretrain/``, ``unet_pretrain/`` and ``em/`` subdirectories are stage workdirs; the
-stages present are evaluated on the same images (``--split`` of ``--data``, by default the
-configured ``data.image_root`` of the most trained stage, else its synthetic root
-``<stage workdir>/synthetic``).
+whose ``pretrain/``, ``unet_pretrain/``, ``em/`` and (optional) ``adapt/`` subdirectories are
+stage workdirs; the stages present are evaluated on the same images (``--split`` of ``--data``,
+by default the configured ``data.image_root`` of the most trained stage, else its synthetic
+root ``<stage workdir>/synthetic``).
 
 Methods. Masks (1 = visible), each scored inside its own render's hard mask:
 
-- ``all_visible``: every pixel visible, inside the reference render (EM, else stage 1);
+- ``all_visible``: every pixel visible, inside the reference render (EM, else adaptation, else
+  stage 1);
 - ``stage1``: the stage-1 render and its robust-threshold inlier mask (the pseudo label of
   SPEC §7 step 2). The stage-1 encoder is ``pretrain/``'s, else ``unet_pretrain/``'s frozen copy;
 - ``unet_pretrain``: its UNet on the stage-1 render;
-- ``em``: the EM encoder's render and the EM UNet (an ``adapt`` workdir counts as EM).
+- ``em``: the EM encoder's render and the EM UNet;
+- ``adapt``: test-time adaptation (SPEC §7 step 5: EM continued on the unlabelled images of the
+  evaluated split), its encoder's render and its UNet. It trained on these very images (their
+  pixels and given landmarks, never their masks), so it measures what adaptation recovers, not
+  generalisation.
 
-Landmarks: ``stage1``, ``em`` and ``mean_face`` (zero shape and expression at the EM, else
-stage-1, predicted pose). Photometric: ``stage1`` and ``em``.
+Landmarks: ``stage1``, ``em`` and ``mean_face`` (zero shape and expression at the reference
+render's predicted pose); not ``adapt``, whose landmark term fitted the given landmarks of these
+images. Photometric: ``stage1``, ``em`` and ``adapt``.
 
 Metrics (per image, then over images; ``focus_jax.eval.metrics``):
 
@@ -33,8 +39,8 @@ Metrics (per image, then over images; ``focus_jax.eval.metrics``):
 - shape_3d (with ``groundtruth.npz``): the NoW scan-to-mesh error (``eval/now.py``) of the
   predicted neutral mesh (predicted shape, zero expression) against the ground-truth neutral
   mesh (ground-truth shape, zero expression, rebuilt with the generator's model named in
-  ``synthetic.json``), aligned on the 7 NoW landmarks: ``prediction`` (EM, else stage 1) and
-  ``mean_face`` (zero shape); distances of all images pooled (NoW style), in mm.
+  ``synthetic.json``), aligned on the 7 NoW landmarks: ``prediction`` (the reference render's
+  encoder) and ``mean_face`` (zero shape); distances of all images pooled (NoW style), in mm.
 
 Outputs in ``--out``: ``metrics.json`` (:func:`evaluate` documents its keys), ``per_image.csv``
 (one row per image and method, empty cells where a metric is undefined) and ``report.html``
@@ -67,10 +73,13 @@ from focus_jax.render import morphable_model as mm
 
 log = logging.getLogger(__name__)
 
-MASK_METHODS = ("all_visible", "stage1", "unet_pretrain", "em")
+MASK_METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt")
 LANDMARK_METHODS = ("stage1", "em", "mean_face")
-PHOTOMETRIC_METHODS = ("stage1", "em")
-METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "mean_face")
+PHOTOMETRIC_METHODS = ("stage1", "em", "adapt")
+METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt", "mean_face")
+# Reconstructions, most trained last; the reference render is the first of REFERENCE present.
+RECONSTRUCTIONS = ("stage1", "em", "adapt")
+REFERENCE = ("em", "adapt", "stage1")
 VISIBLE_KEYS = ("visible_accuracy", "visible_precision", "visible_recall", "visible_f1")
 OCCLUDER_KEYS = ("occluder_iou", "occluder_precision", "occluder_recall", "occluder_f1")
 MASK_KEYS = (*OCCLUDER_KEYS, *VISIBLE_KEYS, "false_alarm")
@@ -122,7 +131,7 @@ def load_stage(workdir: str) -> Stage:
 
 def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:
   """Which stage and network play each role: ``stage1``, ``unet_pretrain``, ``em``,
-  ``em_unet`` -> ``(stage, 'encoder' | 'unet')``."""
+  ``em_unet``, ``adapt``, ``adapt_unet`` -> ``(stage, 'encoder' | 'unet')``."""
   roles = {}
   # unet_pretrain freezes the stage-1 encoder it starts from, so its copy is stage 1's.
   for name in ("unet_pretrain", "pretrain"):
@@ -130,10 +139,10 @@ def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:
       roles["stage1"] = (stages[name], "encoder")
   if "unet_pretrain" in stages:
     roles["unet_pretrain"] = (stages["unet_pretrain"], "unet")
-  em = stages.get("em", stages.get("adapt"))
-  if em is not None:
-    roles["em"] = (em, "encoder")
-    roles["em_unet"] = (em, "unet")
+  for name in ("em", "adapt"):
+    if name in stages:
+      roles[name] = (stages[name], "encoder")
+      roles[f"{name}_unet"] = (stages[name], "unet")
   return roles
 
 
@@ -203,8 +212,8 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
     the whole reference render visible) and ``shape/<method> (B, K_shape)`` predictions.
   """
   image, gt, lm = batch["image"], batch["mask"], batch["landmarks"]
-  recon = {m: _reconstruct(nets[m], parts[m], model, image) for m in ("stage1", "em") if m in nets}
-  reference = recon.get("em", recon.get("stage1"))
+  recon = {m: _reconstruct(nets[m], parts[m], model, image) for m in RECONSTRUCTIONS if m in nets}
+  reference = recon[next(m for m in REFERENCE if m in recon)]
   estimates = {"all_visible": (jnp.ones_like(gt), reference)}
   if "stage1" in recon:
     estimates["stage1"] = (recon["stage1"]["inliers"], recon["stage1"])
@@ -212,18 +221,19 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
     render = recon["stage1"]["render"]
     visible = _segment(nets["unet_pretrain"], parts["unet_pretrain"], render, image)
     estimates["unet_pretrain"] = (visible, recon["stage1"])
-  if "em_unet" in nets:
-    visible = _segment(nets["em_unet"], parts["em_unet"], recon["em"]["render"], image)
-    estimates["em"] = (visible, recon["em"])
+  for m in ("em", "adapt"):
+    if f"{m}_unet" in nets:
+      visible = _segment(nets[f"{m}_unet"], parts[f"{m}_unet"], recon[m]["render"], image)
+      estimates[m] = (visible, recon[m])
   per_image, views = {}, {}
   for method, (visible, rec) in estimates.items():
     per_image[method] = dict(_image_scores(gt, visible, rec["mask"]))
     views[method] = {k: rec[k] for k in ("render", "mask", "landmarks")} | {"visible": visible}
   for method, rec in recon.items():
-    err = _landmark_error(lm, rec["landmarks"])
-    per_image.setdefault(method, {}).update(
-      landmark_px=err["pixels"], landmark_nme=err["normalized"]
-    )
+    per_image.setdefault(method, {})
+    if method in LANDMARK_METHODS:
+      err = _landmark_error(lm, rec["landmarks"])
+      per_image[method].update(landmark_px=err["pixels"], landmark_nme=err["normalized"])
     per_image[method]["photometric_mae"] = _photometric_error(
       image, rec["render"], gt * rec["mask"]
     )
@@ -396,7 +406,7 @@ def evaluate(
       )
 
   shape_3d = {}
-  prediction = "em" if "shape/em" in arrays else "stage1"
+  prediction = next(m for m in REFERENCE if f"shape/{m}" in arrays)
   gt_model = None
   if "gt/shape" in arrays:
     gt_model = _groundtruth_model(root, model, arrays["gt/shape"].shape[1])
@@ -474,7 +484,7 @@ def _write_csv(path, image_names, unoccluded, per_method, methods) -> None:
 def _report_pass(nets, parts, model, source, size, mesh, image_size):
   """``strips(positions) -> {position: strip}``: reruns the methods on the chosen images (the
   worst are known only after the full pass) and draws the most trained method's panels."""
-  method = next(m for m in ("em", "unet_pretrain", "stage1") if m in nets)
+  method = next(m for m in ("em", "adapt", "unet_pretrain", "stage1") if m in nets)
 
   def strips(positions: list[int]) -> dict[int, np.ndarray]:
     subset = [source[p] for p in positions]
@@ -508,7 +518,7 @@ def summary_table(record: dict) -> tuple[list[str], list[list[str]]]:
   """``(header, rows)``: one row per method with the key metrics of a ``metrics.json`` record."""
   header = ["method", "occ IoU", "occ F1", "vis F1", "vis acc", "false alarm", "NME med", "px med"]
   header += ["MAE 0-255", "3D med mm"]
-  prediction = "em" if "em" in record["landmarks"] else "stage1"
+  prediction = next((m for m in REFERENCE if m in record["methods"]), None)
   rows = []
   for method in record["methods"]:
     m = record["masks"].get(method, {})

@@ -3,8 +3,12 @@
     python -m focus_jax.quickstart --workdir runs/quickstart            # :cpu sizes, 2 CPU cores
     python -m focus_jax.quickstart --workdir runs/full --variant full   # SPEC §7 sizes (GPU/TPU)
 
+``--adapt`` adds the optional test-time adaptation (SPEC §7 step 5: EM continued on the
+unlabelled test images, ``adapt/``), evaluated as its own method next to EM.
+
 Layout of the workdir: ``synthetic/`` (the image root with ground truth), ``pretrain/``,
-``unet_pretrain/``, ``em/`` (one stage workdir each, chained by ``init_from``) and ``eval/``
+``unet_pretrain/``, ``em/``, [``adapt/``] (one stage workdir each, chained by ``init_from``) and
+``eval/``
 (``metrics.json``, ``per_image.csv``, ``report.html``). Running the command again resumes: data
 that exists is kept, finished stages are skipped, an interrupted stage continues from its last
 checkpoint. The evaluation table is printed at the end.
@@ -19,21 +23,23 @@ import sys
 import time
 
 from focus_jax import config_lib
-from focus_jax.workdir import CHAIN
+from focus_jax.workdir import ADAPT, CHAIN
 
 log = logging.getLogger(__name__)
 
 VARIANTS = {"cpu": "cpu", "full": "", "smoke": "smoke"}
 
 
-def chain_configs(workdir: str, variant: str = "cpu", overrides: dict | None = None) -> dict:
+def chain_configs(
+  workdir: str, variant: str = "cpu", overrides: dict | None = None, adapt: bool = False
+) -> dict:
   """``{stage: config}`` of the chain in ``workdir``: one synthetic image root, each stage
-  initialised from the previous one. ``overrides`` maps dotted config keys to values for every
-  stage (e.g. ``{"total_steps": 2}``)."""
+  initialised from the previous one, then ``adapt`` if asked. ``overrides`` maps dotted config
+  keys to values for every stage (e.g. ``{"total_steps": 2}``)."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}: expected one of {sorted(VARIANTS)}")
   configs, previous = {}, ""
-  for stage in CHAIN:
+  for stage in (*CHAIN, ADAPT) if adapt else CHAIN:
     config = config_lib.stage_config(stage, VARIANTS[variant])
     config.data.image_root = os.path.join(workdir, "synthetic")
     config.init_from = previous
@@ -48,12 +54,18 @@ def chain_configs(workdir: str, variant: str = "cpu", overrides: dict | None = N
   return configs
 
 
-def run(workdir: str, variant: str = "cpu", overrides: dict | None = None, evaluate: bool = True):
+def run(
+  workdir: str,
+  variant: str = "cpu",
+  overrides: dict | None = None,
+  evaluate: bool = True,
+  adapt: bool = False,
+):
   """Runs (or resumes) the chain; returns the evaluation record (``metrics.json``) or None."""
   from focus_jax import evaluate as evaluate_lib
   from focus_jax import train
 
-  configs = chain_configs(workdir, variant, overrides)
+  configs = chain_configs(workdir, variant, overrides, adapt)
   start = time.time()
   train.ensure_synthetic(configs["pretrain"], configs["pretrain"].data.image_root)
   log.info("synthetic data ready (%.0f s)", time.time() - start)
@@ -81,13 +93,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--variant", choices=sorted(VARIANTS), default="cpu", help="cpu (2 cores), full (SPEC §7)"
   )
+  parser.add_argument(
+    "--adapt", action="store_true", help="then test-time adaptation on the test split (adapt/)"
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   from focus_jax import train
 
   train.quiet_third_party(None)
   try:
-    run(args.workdir, args.variant)
+    run(args.workdir, args.variant, adapt=args.adapt)
   except (train.TrainingStopped, ValueError, RuntimeError) as e:
     log.error("%s", e)
     return 1

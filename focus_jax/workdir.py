@@ -2,7 +2,8 @@
 
 A stage workdir holds ``config.json`` (``{"stage": NAME, "config": {...}}``) and
 ``checkpoints/``; a chain workdir (the quick start's) holds one stage workdir per entry of
-:data:`CHAIN`, each started from the previous one by ``init_from``.
+:data:`CHAIN`, each started from the previous one by ``init_from``, and optionally ``adapt/``
+(test-time adaptation, started from ``em/``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import ml_collections
 
 CHAIN = ("pretrain", "unet_pretrain", "em")
+ADAPT = "adapt"
 
 
 def read_record(stage_dir: str) -> tuple[str, ml_collections.ConfigDict]:
@@ -31,7 +33,7 @@ def find_stages(workdir: str) -> dict[str, str]:
   if os.path.isfile(os.path.join(workdir, "config.json")):
     return {read_record(workdir)[0]: workdir}
   found = {}
-  for name in CHAIN:
+  for name in (*CHAIN, ADAPT):
     stage_dir = os.path.join(workdir, name)
     if os.path.isfile(os.path.join(stage_dir, "config.json")):
       found[read_record(stage_dir)[0]] = stage_dir

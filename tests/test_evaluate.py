@@ -8,12 +8,14 @@ import csv
 import html.parser
 import json
 import os
+import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from focus_jax import evaluate
+from focus_jax import workdir as workdir_lib
 from focus_jax.eval import metrics
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
@@ -165,3 +167,30 @@ def test_evaluate_one_stage_workdir(chain, tmp_path):
   assert set(record["shape_3d"]) == {"prediction", "mean_face"}
   with open(tmp_path / "per_image.csv") as f:
     assert len(list(csv.DictReader(f))) == 3 * record["num_images"]
+
+
+def test_adapted_chain_adds_an_adapt_method_and_leaves_the_others(chain, tmp_path):
+  from conftest import SMOKE_CHAIN
+
+  from focus_jax import checkpoint, quickstart
+
+  workdir = str(tmp_path / "chain")
+  shutil.copytree(chain, workdir, ignore=shutil.ignore_patterns("eval*"))
+  without = evaluate.evaluate(workdir, split="test", out=str(tmp_path / "without"))
+  # Resumes the trained stages and runs only the adaptation, then evaluates.
+  record = quickstart.run(workdir, "smoke", SMOKE_CHAIN, adapt=True)
+  adapt = os.path.join(workdir, "adapt")
+  assert checkpoint.latest_step(os.path.join(adapt, "checkpoints")) == 2
+  assert workdir_lib.read_record(adapt)[1].data.split == "test"
+  assert record["methods"] == [
+    "all_visible", "stage1", "unet_pretrain", "em", "adapt", "mean_face"
+  ]  # fmt: skip
+  assert "adapt" in record["masks"] and "adapt" in record["photometric"]
+  assert "adapt" not in record["landmarks"]  # its landmark term fitted these very landmarks
+  # The other methods, the reference render and the 3D prediction (EM's) are unchanged.
+  for section in ("masks", "landmarks", "photometric", "shape_3d"):
+    for method, scores in without[section].items():
+      for key, value in scores.items():
+        got = record[section][method][key]
+        assert got == value if value is None else got == pytest.approx(value, rel=1e-5, abs=1e-7)
+  assert "adapt" in evaluate.format_table(record)

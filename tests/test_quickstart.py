@@ -21,6 +21,10 @@ def test_chain_configs_link_the_stages(tmp_path):
   assert configs["unet_pretrain"].init_from == str(tmp_path / "pretrain")
   assert configs["em"].init_from == str(tmp_path / "unet_pretrain")
   assert all(c.total_steps == 3 for c in configs.values())
+  adapted = quickstart.chain_configs(str(tmp_path), "cpu", adapt=True)
+  assert list(adapted) == ["pretrain", "unet_pretrain", "em", "adapt"]
+  assert adapted["adapt"].init_from == str(tmp_path / "em")
+  assert adapted["adapt"].data.split == "test"
   # The full variant is the SPEC §7 stage configs.
   full = quickstart.chain_configs(str(tmp_path), "full")["em"]
   assert full.optim.encoder_lr == config_lib.stage_config("em").optim.encoder_lr
