@@ -57,19 +57,35 @@ while these ran, so the three rows may use different renderer versions.
 
 Where the time goes (2 shared cores, November 2026; ``--breakdown`` and a convolution
 micro-benchmark). XLA's CPU convolutions run at 50-60 GFLOP per CPU-second forward and for the
-gradient w.r.t. their input, but at 5-7 for the gradient w.r.t. their kernel (the
-backward-filter convolution; an im2col matmul does it 1.7x faster, still far from the forward),
-so the updated network's kernel gradients cost as much as the rest of its training. The full
-stage-1 step is 711 GFLOP (XLA's count) for 38 CPU-seconds: ResNet-50 forward + backward ~295
-GFLOP, of which its kernel gradients ~100 (at 6 GFLOP/CPU-s an estimated 16 CPU-seconds), and
-ArcFace IResNet-50 at 112 px ~450 GFLOP (forward of the render and of the input, backward of
-the render's features to the image only: ArcFace's own gradients are never formed; ~8
-CPU-seconds at the fast rate); the remaining ~10 CPU-seconds (BatchNorm and elementwise work,
-the ArcFace warps, the renderer) were not attributed at full size. The EM UNet step is
-dominated by the UNet at 224 px: ~98 GFLOP per image forward (XLA's count, em_encoder minus
-stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and backward, and its ~1.2 TFLOP of
-kernel gradients at 6 GFLOP/CPU-s are an estimated ~195 of the 314 CPU-seconds. The EM encoder
-step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the fast rate) to stage 1's work.
+gradient w.r.t. their input, but at 3-7 for large gradients w.r.t. their kernel (the
+backward-filter convolution) and 0.3 for 1x1 kernels. ``models.conv.conv2d`` (every network's
+convolution) therefore takes the kernel gradients of 1x1 layers and of layers from 3e8
+multiply-adds on as matmuls. Micro-benchmark, batch 12, CPU ms of the kernel gradient, XLA vs
+matmuls (load 6-10): 3x3 64->64 at 56 px 538 vs 225 (5.1 vs 12.3 GFLOP/CPU-s), 3x3 128->128 at
+28 px 391 vs 113, 3x3 64->64 at 112 px 2876 vs 911, 3x3 6->64 at 224 px 1403 vs 541, 1x1 256->64
+at 56 px 936 vs 54; small layers keep XLA's (3x3 8->8 at 64 px 4.4 vs 8.1); near the threshold
+the two are close (4.5e8: 3x3 32->32 at 64 px 86 vs 104, 64->64 at 32 px 46 vs 44). A
+six-layer ResNet stem at 112 px, gradient w.r.t. the kernels: 2.83 -> 1.61 CPU-seconds; w.r.t.
+the input only (a frozen network: XLA drops the unused kernel gradients) 0.89 either way. The
+full-size encoder alone (ResNet-50 ``FaceEncoder``, 224 px, batch 12, BatchNorm on running
+statistics, gradient w.r.t. all parameters; ``nnx.Conv`` vs ``conv.Conv`` in one period, load
+~4.6): 24.8 -> 9.3 s wall, 25.3 -> 9.3 CPU-seconds.
+``--configs cpu`` (``--repeats 7``, before/after alternated, load 3.5-5.7; every
+3x3 layer there is below the threshold, so only the 1x1 layers change): stage1 524 -> 473 ms
+(0.53 -> 0.47 CPU-s), unet_pretrain 450 -> 534 ms (0.45 -> 0.53 CPU-s; the UNet's only 1x1 layer
+is its 8->1 output, so this is noise: an earlier em_unet pair gave 1064 -> 434 ms). The full-size
+steps were not re-measured after this change; the table above and the estimates below predate
+it. Before it, the full stage-1 step was 711 GFLOP (XLA's count) for 38 CPU-seconds: ResNet-50
+forward + backward ~295 GFLOP, of which its kernel gradients ~100 (at 6 GFLOP/CPU-s an estimated
+16 CPU-seconds), and ArcFace IResNet-50 at 112 px ~450 GFLOP (forward of the render and of the
+input, backward of the render's features to the image only: ArcFace's own gradients are never
+formed; ~8 CPU-seconds at the fast rate); the remaining ~10 CPU-seconds (BatchNorm and
+elementwise work, the ArcFace warps, the renderer) were not attributed at full size. The EM
+UNet step is dominated by the UNet at 224 px: ~98 GFLOP per image forward (XLA's count,
+em_encoder minus stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and backward, and
+its ~1.2 TFLOP of kernel gradients at 6 GFLOP/CPU-s were an estimated ~195 of the 314
+CPU-seconds. The EM encoder step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the
+fast rate) to stage 1's work.
 At the ``:cpu`` sizes (64 px) the renderer dominates: on ``embedded-bfm`` its forward + backward
 over the batch of 12 takes about as long as the whole step of the small networks (the
 quick-start recipe renders the 7.6k-triangle ``embedded`` model instead).

@@ -7,7 +7,9 @@ The module tree mirrors torchvision's ``resnet`` key names (``conv1``, ``bn1``,
 ``layer{1..4}.{i}.conv{1..3}``, ``downsample.{0,1}``, ``fc``) so that ``focus_jax.convert`` maps
 a torchvision state dict by name. Convolutions use explicit symmetric padding (``k // 2``) rather
 than ``'SAME'``: for stride 2 on even inputs ``'SAME'`` pads asymmetrically and would shift every
-feature map by half a pixel relative to PyTorch. Bottleneck blocks stride in the 3x3 convolution
+feature map by half a pixel relative to PyTorch. :func:`conv` (also used by the UNet and ArcFace)
+builds :class:`focus_jax.models.conv.Conv`, ``nnx.Conv``'s parameters with the kernel gradients
+of 1x1 and large layers computed as matmuls. Bottleneck blocks stride in the 3x3 convolution
 (torchvision's "v1.5"). BatchNorm momentum 0.9 (Flax convention) equals PyTorch's 0.1.
 
 :class:`FaceEncoder` is the ResNet with a zero-initialised linear head whose output is split into
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from focus_jax.models.conv import Conv
 from focus_jax.render import coefficients
 
 # torchvision initialises convolutions with Kaiming-normal (fan out, ReLU gain).
@@ -48,15 +51,18 @@ def conv(
   use_bias: bool = False,
   rngs: nnx.Rngs,
   kernel_init=_KAIMING,
-) -> nnx.Conv:
-  """A ``kernel x kernel`` convolution with PyTorch's symmetric padding ``kernel // 2``."""
-  pad = kernel // 2
-  return nnx.Conv(
+) -> Conv:
+  """A ``kernel x kernel`` convolution with PyTorch's symmetric padding ``kernel // 2``.
+
+  ``conv.Conv``: ``nnx.Conv``'s parameters (``kernel`` (k, k, in, out), ``bias``); the kernel
+  gradients of 1x1 and large layers are matmuls (XLA:CPU's own are several times slower).
+  """
+  return Conv(
     in_features,
     out_features,
-    (kernel, kernel),
-    strides=stride,
-    padding=((pad, pad), (pad, pad)),
+    kernel,
+    stride,
+    padding=kernel // 2,
     use_bias=use_bias,
     kernel_init=kernel_init,
     rngs=rngs,
