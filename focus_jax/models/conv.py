@@ -64,24 +64,32 @@ def _forward(x: jax.Array, kernel: jax.Array, stride: int, padding: int) -> jax.
 
 def _kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding: int):
   """d(sum(g * conv(x, kernel))) / d(kernel) for g (B, Ho, Wo, O): (kh, kw, C, O), one matmul
-  per kernel tap."""
+  per kernel tap (in a loop over the taps)."""
   kh, kw, c, o = kernel_shape
   b, ho, wo, _ = g.shape
   if padding:
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
   g = g.reshape(-1, o)
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      # The input pixels that tap (i, j) multiplies, in output order.
-      window = lax.slice(
-        x,
-        (0, i, j, 0),
-        (b, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
-        (1, stride, stride, 1),
-      )
-      taps.append(jnp.dot(window.reshape(-1, c).T, g))
-  return jnp.stack(taps).reshape(kh, kw, c, o)
+  if (kh, kw) == (1, 1):
+    window = x[:, : (ho - 1) * stride + 1 : stride, : (wo - 1) * stride + 1 : stride]
+    return jnp.dot(window.reshape(-1, c).T, g).reshape(kernel_shape)
+
+  def tap(_, index):
+    # The input pixels that tap (i, j) multiplies, in output order.
+    i, j = index // kw, index % kw
+    window = lax.dynamic_slice(
+      x, (0, i, j, 0), (b, (ho - 1) * stride + 1, (wo - 1) * stride + 1, c)
+    )
+    window = window[:, ::stride, ::stride]
+    return None, jnp.dot(window.reshape(-1, c).T, g)
+
+  # A loop, not kh * kw static slices: the windows depend on the input only, so XLA computed
+  # static ones during the forward pass and kept them all alive until the backward (six 3x3
+  # 64->64 layers at 224 px, batch 12: peak RSS 9.4 GB, against 2.5 GB in the loop and 3.1 GB
+  # with XLA's own kernel gradient; the full EM UNet step ran out of 24 GB). In the loop one
+  # window exists at a time.
+  _, taps = lax.scan(tap, None, jnp.arange(kh * kw))
+  return taps.reshape(kh, kw, c, o)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
