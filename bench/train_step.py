@@ -12,7 +12,7 @@ from ``train.init_state`` on the networks of ``train.build_networks``, the froze
 Configs (``--configs``): ``full`` is SPEC §7 at full size (ResNet-50 encoder, UNet base 64,
 ArcFace IResNet-50 with random weights written to a temporary ``.npz``, so the perceptual,
 preserve and dist terms are computed as in the original); ``cpu`` is the ``:cpu`` recipe
-(ResNet-18 width 16, UNet base 8, no ArcFace weights, its own 64 px images unless ``--height``).
+(ResNet-18 width 16, UNet base 8, no ArcFace weights, its own 96 px images unless ``--height``).
 Both on ``--model`` (default ``embedded-bfm``, 55,598 triangles), batch ``--batch`` (12).
 
 Per case: ``compile_s`` (lower + compile, separate), ``--warmup`` untimed steps (1), then the
@@ -86,9 +86,9 @@ em_encoder minus stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and 
 its ~1.2 TFLOP of kernel gradients at 6 GFLOP/CPU-s were an estimated ~195 of the 314
 CPU-seconds. The EM encoder step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the
 fast rate) to stage 1's work.
-At the ``:cpu`` sizes (64 px) the renderer dominates: on ``embedded-bfm`` its forward + backward
-over the batch of 12 takes about as long as the whole step of the small networks (the
-quick-start recipe renders the 7.6k-triangle ``embedded`` model instead).
+At the ``:cpu`` sizes (measured at 64 px) the renderer dominates: on ``embedded-bfm`` its
+forward + backward over the batch of 12 takes about as long as the whole step of the small
+networks (the quick-start recipe renders the 7.6k-triangle ``embedded`` model instead).
 
 Host round trips (GPU/TPU readiness): none in the step. The batch and the state are device
 arrays placed with their shardings before the step; inside the jitted step there is no Python

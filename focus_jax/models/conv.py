@@ -42,7 +42,7 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 # 3x3 8->8 at 64 px (28M MACs) 4.4 vs 8.1; 3x3 128->128 at 8 px (113M) 6.0 vs 7.7; 3x3 32->32
 # at 64 px and 64->64 at 32 px (453M) 86 vs 104 and 46 vs 44; 7x7 stride 2 3->64 at 112 px
 # (354M) 226 vs 143 (wall); 3x3 64->64 at 56 px (1.4G) 538 vs 225; 3x3 6->64 at 224 px (2.1G)
-# 1403 vs 541. Every layer of the ``:cpu`` networks (64 px) is below, every trained layer of the
+# 1403 vs 541. Every layer of the ``:cpu`` networks (96 px) is below, every trained layer of the
 # full-size ones (224 px) above.
 MATMUL_GRAD_MIN_MACS = 3e8
 

@@ -248,7 +248,8 @@ def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict
   Returns:
     ``(network in eval mode, record)`` with record ``{loss: 'enabled: <path>'}``, or
     ``(None, record)`` with record ``{loss: 'disabled: <reason>'}`` for the perceptual, preserve
-    and dist losses after a warning (once per reason and process; later calls log at INFO). Never a randomly initialised network.
+    and dist losses after a warning (once per reason and process; later calls log at INFO).
+    Never a randomly initialised network.
 
   Raises:
     ValueError: the file exists but does not hold IResNet weights, or is a PyTorch file (those
