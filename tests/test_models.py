@@ -176,11 +176,11 @@ def test_prelu_matches_numpy():
 @pytest.mark.parametrize("path", [None, "", "/nonexistent/arcface_r50.npz"])
 def test_missing_arcface_weights_disable_losses(path, caplog, monkeypatch):
   monkeypatch.setattr(weights, "_ARCFACE_WARNED", set())
-  with caplog.at_level(logging.INFO):
-    for _ in range(2):  # a chain loads once per stage: one warning, then INFO
+  with caplog.at_level(logging.DEBUG):
+    for _ in range(2):  # a chain loads once per stage: one warning, then DEBUG
       network, record = weights.load_arcface_or_none(path)
       assert network is None
       assert set(record) == {"perceptual", "preserve", "dist"}
       assert all(v.startswith("disabled: ") for v in record.values())
   levels = [r.levelno for r in caplog.records if "DISABLED" in r.getMessage()]
-  assert levels == [logging.WARNING, logging.INFO]
+  assert levels == [logging.WARNING, logging.DEBUG]

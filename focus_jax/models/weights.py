@@ -248,7 +248,7 @@ def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict
   Returns:
     ``(network in eval mode, record)`` with record ``{loss: 'enabled: <path>'}``, or
     ``(None, record)`` with record ``{loss: 'disabled: <reason>'}`` for the perceptual, preserve
-    and dist losses after a warning (once per reason and process; later calls log at INFO).
+    and dist losses after a warning (once per reason and process; later calls log at DEBUG).
     Never a randomly initialised network.
 
   Raises:
@@ -273,7 +273,7 @@ def load_arcface_or_none(path: str | None) -> tuple[arcface.IResNet | None, dict
     return network, {name: f"enabled: {path}" for name in arcface.ARCFACE_LOSSES}
   # One warning per reason and process: a chain of stages would otherwise repeat it per stage.
   log = logging.getLogger(__name__)
-  (log.info if reason in _ARCFACE_WARNED else log.warning)(
+  (log.debug if reason in _ARCFACE_WARNED else log.warning)(
     "%s: the ArcFace losses (%s) are DISABLED for this run (weight 0). Convert insightface "
     "ms1mv3 r50 weights with `python -m focus_jax.convert arcface backbone.pth --out "
     "arcface.npz` and point the config to them to enable them.",
