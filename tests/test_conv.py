@@ -145,3 +145,33 @@ def test_module_matches_nnx_conv(use_bias, k, stride):
     ours.bias[...] = theirs.bias[...] = _normal(7, (4,))
   x = _normal(8, (2, 9, 9, 3))
   _assert_close(ours(x), theirs(x))
+
+
+def _stack_temp_bytes(conv_fn, depth=6, size=48, channels=32):
+  """XLA's temporary memory for the kernel gradients of ``depth`` 3x3 layers with ReLUs."""
+  keys = jax.random.split(jax.random.key(0), depth + 1)
+  x = jax.random.normal(keys[0], (4, size, size, channels))
+  kernels = [0.1 * jax.random.normal(k, (3, 3, channels, channels)) for k in keys[1:]]
+
+  def loss(kernels):
+    y = x
+    for kernel in kernels:
+      y = jax.nn.relu(conv_fn(y, kernel))
+    return jnp.sum(y * y)
+
+  compiled = jax.jit(jax.grad(loss)).lower(kernels).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_kernel_gradient_keeps_no_forward_copies_alive():
+  # Copies of a layer's input made for its kernel gradient (padding, tap windows) must not be
+  # computed during the forward pass and held until the backward pass. Measured (6 layers, 32
+  # channels, 48 px, batch 4): 9.7 MB, against 14.8 MB with the padded copies held and 15.3 MB
+  # for XLA's own gradient.
+  ours = _stack_temp_bytes(lambda y, k: conv.conv2d(y, k, 1, 1, True))
+  xla = _stack_temp_bytes(
+    lambda y, k: lax.conv_general_dilated(
+      y, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=conv._DIMENSIONS
+    )
+  )
+  assert ours <= 0.8 * xla, (ours, xla)
