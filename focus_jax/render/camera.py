@@ -74,9 +74,20 @@ def camera_from_pose(pose: jax.typing.ArrayLike, height: int, width: int) -> Cam
   )
 
 
+def rotate(points: jax.Array, rotation: jax.Array) -> jax.Array:
+  """``points (..., 3) @ rotation (3, 3)^T``.
+
+  Multiply-adds per output component, exact float32 on every backend: as a matmul, a 3 x 3
+  product per point became a small-matrix library kernel on XLA:CPU, 10 ms for a batch of 12
+  BFM-sized meshes, forward and backward alike.
+  """
+  coords = [points[..., c] for c in range(3)]
+  return jnp.stack([sum(coords[c] * rotation[d, c] for c in range(3)) for d in range(3)], -1)
+
+
 def to_camera(camera: Camera, points: jax.Array) -> jax.Array:
   """World points ``(..., 3)`` mm -> camera coordinates ``(..., 3)`` mm."""
-  return jnp.matmul(points, camera.rotation.T, precision=_HIGHEST) + camera.translation
+  return rotate(points, camera.rotation) + camera.translation
 
 
 def camera_centre(camera: Camera) -> jax.Array:
@@ -94,5 +105,8 @@ def project(camera: Camera, points: jax.Array) -> jax.Array:
   cam = to_camera(camera, points)
   depth = cam[..., 2]
   safe = jnp.where(depth > 1e-6, depth, 1e-6)
-  xy = camera.focal * cam[..., :2] / safe[..., None] + camera.principal
-  return jnp.concatenate([xy, depth[..., None]], axis=-1)
+  # Per component: a broadcast (x, y) axis puts 2-element reductions in the backward pass, a
+  # slow library kernel on XLA:CPU (10 ms for a batch of 12 BFM-sized meshes).
+  x = camera.focal * cam[..., 0] / safe + camera.principal[0]
+  y = camera.focal * cam[..., 1] / safe + camera.principal[1]
+  return jnp.stack([x, y, depth], axis=-1)

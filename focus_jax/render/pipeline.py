@@ -51,15 +51,6 @@ class RenderOut:
 _STATIC = ("height", "width", "sigma", "window", "original_shading")
 
 
-def _rotate(normals, rotation):
-  """``normals (B, V, 3) @ rotation (B, 3, 3)^T`` as multiply-adds per output component (exact
-  float32; a batched 3 x 3 matmul per vertex was a slow small-matrix kernel on XLA:CPU, and a
-  broadcast component axis turns into slow 3-element reductions in the backward pass)."""
-  n = [normals[..., c] for c in range(3)]
-  r = rotation[:, None]  # (B, 1, 3, 3)
-  return jnp.stack([sum(n[c] * r[..., d, c] for c in range(3)) for d in range(3)], -1)
-
-
 def shaded_colors(
   vertices: jax.Array,
   albedo: jax.Array,
@@ -87,7 +78,7 @@ def shaded_colors(
   """
   # Normals for the whole batch at once: they are gathers with the batch in the minor axis.
   normals_fn = mesh.original_vertex_normals if original_shading else mesh.vertex_normals
-  normals = _rotate(normals_fn(vertices, triangles, vertex_faces), rotation)
+  normals = jax.vmap(camera_lib.rotate)(normals_fn(vertices, triangles, vertex_faces), rotation)
   if original_shading:
     normals = shading.original_direction(normals)
   return jax.vmap(shading.shade)(normals, albedo, light)
