@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from focus_jax import testing
-from focus_jax.render import camera, composite, interpolate, rasterize, rasterize_reference
+from focus_jax.render import camera, composite, fusion, interpolate, rasterize, rasterize_reference
 from focus_jax.render import morphable_model as mm
 
 H = W = 32
@@ -339,6 +339,6 @@ def test_hand_written_vjps_match_autodiff_under_vmap():
 
 def test_materialise_is_identity_for_int_and_float_trees_under_vmap():
   tree = (jnp.arange(6, dtype=jnp.int32).reshape(2, 3), jnp.linspace(0, 1, 6).reshape(2, 3))
-  out = jax.jit(jax.vmap(rasterize.materialise))(tree)
+  out = jax.jit(jax.vmap(fusion.materialise))(tree)
   for a, b in zip(out, tree, strict=True):
     np.testing.assert_array_equal(a, b)

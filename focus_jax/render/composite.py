@@ -34,6 +34,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from focus_jax.render import fusion
 from focus_jax.render import rasterize as rasterize_lib
 
 _TINY = 1e-12
@@ -75,7 +76,7 @@ def _nearest_on_triangle(px, py, tx, ty):
   )
   # Materialised with their cotangents: otherwise the backward pass recomputed the whole
   # nearest-point selection once per gradient element of every corner coordinate.
-  cx, cy = rasterize_lib.fusion_barrier((jnp.stack(cx), jnp.stack(cy)))
+  cx, cy = fusion.fusion_barrier((jnp.stack(cx), jnp.stack(cy)))
   return _argmin_select(cx, cy, px, py)
 
 

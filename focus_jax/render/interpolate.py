@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from focus_jax.render import fusion
 from focus_jax.render import rasterize as rasterize_lib
 
 
@@ -45,7 +46,7 @@ def _blend_bwd(residuals, grad):
   grad_weights = jnp.stack(
     [sum(grad[..., c] * corners[..., k, c] for c in channels) for k in range(3)], -1
   )
-  grad_corners = rasterize_lib.materialise(weights[..., :, None] * grad[..., None, :])
+  grad_corners = fusion.materialise(weights[..., :, None] * grad[..., None, :])
   return rasterize_lib.scatter_add_rows(idx, grad_corners, num_rows), None, grad_weights
 
 

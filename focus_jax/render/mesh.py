@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from focus_jax.render import rasterize as rasterize_lib
+from focus_jax.render import fusion
 
 _EPS = 1e-12
 # The original clamps the area sum at 1e3 * the smallest normal float32.
@@ -120,13 +120,13 @@ def _summed_cross_fwd(rows, padded_triangles, table, normalize):
   a, b = p1 - p0, p2 - p0
   # Materialised (here and below): fused into their consumers, XLA:CPU would recompute these
   # inside every gather, or once per component of the normalisation.
-  face = rasterize_lib.materialise(_cross(a, b))
-  summed = rasterize_lib.materialise(sum(_vertex_sum(face, table[k]) for k in range(3)))
+  face = fusion.materialise(_cross(a, b))
+  summed = fusion.materialise(sum(_vertex_sum(face, table[k]) for k in range(3)))
   if not normalize:
     return summed, (a, b, padded_triangles, table, None)
   sq = _dot3(summed, summed)
   inv_norm = jax.lax.rsqrt(jnp.maximum(sq, _EPS))
-  unit = rasterize_lib.materialise(summed * inv_norm)
+  unit = fusion.materialise(summed * inv_norm)
   return unit, (a, b, padded_triangles, table, (unit, inv_norm, sq > _EPS))
 
 
@@ -136,17 +136,17 @@ def _summed_cross_bwd(normalize, residuals, grad):
     # d(s / |s|) = (g - n (n . g)) / |s|; below the norm floor the scale is constant.
     unit, inv_norm, above_floor = normalised
     radial = jnp.where(above_floor, _dot3(unit, grad), 0.0)
-    grad = rasterize_lib.materialise((grad - unit * radial) * inv_norm)
+    grad = fusion.materialise((grad - unit * radial) * inv_norm)
   # n = a x b with a = p1 - p0, b = p2 - p0: dL/dp1 = b x g, dL/dp2 = g x a, dL/dp0 = -(both).
   grad_face = sum(_take(grad, padded_triangles[:, k]) for k in range(3))
-  g1, g2 = rasterize_lib.materialise((_cross(b, grad_face), _cross(grad_face, a)))
+  g1, g2 = fusion.materialise((_cross(b, grad_face), _cross(grad_face, a)))
   grad_rows = (
     _vertex_sum(g1, table[1])
     + _vertex_sum(g2, table[2])
     - _vertex_sum(g1, table[0])
     - _vertex_sum(g2, table[0])
   )
-  return rasterize_lib.materialise(grad_rows), None, None
+  return fusion.materialise(grad_rows), None, None
 
 
 _summed_cross.defvjp(_summed_cross_fwd, _summed_cross_bwd)

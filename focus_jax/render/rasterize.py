@@ -37,8 +37,8 @@ the result does not depend on how triangles were split.
 
 Batching: under ``jax.vmap`` the z-buffer (a ``custom_vmap``) rasterises the batch as one flat
 mesh into one flat buffer, because batched scatters and gathers are several times slower on
-XLA:CPU. ``materialise`` keeps XLA from fusing vectorisable arithmetic into the serial scatter and
-gather loops.
+XLA:CPU. ``fusion.materialise`` keeps XLA from fusing vectorisable arithmetic into the serial
+scatter and gather loops.
 
 Exactness details: each edge function is evaluated from the edge's two vertices in a canonical
 order (lower vertex index first) and negated as needed, so the two triangles sharing an edge get
@@ -62,6 +62,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+
+from focus_jax.render import fusion
 
 
 @jax.tree_util.register_dataclass
@@ -156,56 +158,6 @@ def _merge(a, b):
   return depth, index
 
 
-def materialise(tree):
-  """Identity that XLA cannot fuse through: a branch on a predicate it cannot fold.
-
-  Fused into their consumers, vectorisable computations are redone inside the serial gather and
-  scatter loops of XLA:CPU (and once per output element of multi-output fusions), several times
-  slower; ``optimization_barrier`` does not prevent that there (XLA:CPU expands barriers before
-  fusion). Under ``vmap`` it stays a real branch. Not differentiable: use it inside custom VJPs
-  and on values without gradients.
-  """
-  leaves, treedef = jax.tree.flatten(tree)
-  return jax.tree.unflatten(treedef, _materialise_leaves(*leaves))
-
-
-@jax.custom_vjp
-def fusion_barrier(tree):
-  """Differentiable :func:`materialise`: the value and its cotangent are both materialised.
-
-  Placed on a value shared by several consumers, it stops XLA:CPU from recomputing the value's
-  producers (forward) and the consumers' gradient chain (backward) once per consumer element.
-  """
-  return materialise(tree)
-
-
-def _fusion_barrier_fwd(tree):
-  return materialise(tree), None
-
-
-def _fusion_barrier_bwd(_, grad):
-  return (materialise(grad),)
-
-
-fusion_barrier.defvjp(_fusion_barrier_fwd, _fusion_barrier_bwd)
-
-
-@jax.custom_batching.custom_vmap
-def _materialise_leaves(*leaves):
-  probe = leaves[0].reshape(-1)[0]
-  if not jnp.issubdtype(probe.dtype, jnp.floating):
-    # For integers XLA folds ``x == x`` to true and removes the branch: test a float instead.
-    probe = jax.lax.bitcast_convert_type(probe.astype(jnp.int32), jnp.float32)
-  keep = (probe == probe) | (probe != probe)  # always true, NaN included
-  return jax.lax.cond(keep, lambda t: t, lambda t: [jnp.zeros_like(a) for a in t], list(leaves))
-
-
-@_materialise_leaves.def_vmap
-def _(axis_size, in_batched, *leaves):
-  # Batched, the branch's predicate would be batched too and the cond would become a select.
-  return _materialise_leaves(*leaves), list(in_batched)
-
-
 def _scatter_min(index, values, size: int, fill):
   """``full(size, fill).at[index].min(values)``, dropping out-of-range indices."""
   return jnp.full((size,), fill, values.dtype).at[index].min(values, mode="drop")
@@ -252,7 +204,7 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
   big = jnp.iinfo(jnp.int32).max
   if window <= _UNROLL_WINDOW:
     parts = [
-      materialise(_candidates(tri, valid, dx, dy, width, num_pixels))
+      fusion.materialise(_candidates(tri, valid, dx, dy, width, num_pixels))
       for dy in range(window)
       for dx in range(window)
     ]
@@ -261,7 +213,7 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
       zbuf = zbuf.at[pixel].min(depth, mode="drop")
     ibuf = jnp.full((num_pixels,), big, jnp.int32)
     for pixel, depth in parts:
-      key = materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), face, big))
+      key = fusion.materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), face, big))
       ibuf = ibuf.at[pixel].min(key, mode="drop")
     return zbuf, ibuf
   offs = jnp.arange(window * window, dtype=jnp.int32)[:, None]
@@ -269,10 +221,10 @@ def _zbuffer_chunk(tri, face, valid, window, batch, height, width):
   pixel, depth = _candidates(
     jax.tree.map(expand, tri), expand(valid), offs % window, offs // window, width, num_pixels
   )
-  pixel, depth = materialise((pixel.reshape(-1), depth.reshape(-1)))
+  pixel, depth = fusion.materialise((pixel.reshape(-1), depth.reshape(-1)))
   faces = jnp.broadcast_to(face[None, :], (window * window, face.shape[0])).reshape(-1)
   zbuf = _scatter_min(pixel, depth, num_pixels, jnp.inf)
-  key = materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), faces, big))
+  key = fusion.materialise(jnp.where(depth == _gather(zbuf, pixel, -jnp.inf), faces, big))
   ibuf = _scatter_min(pixel, key, num_pixels, big)
   return zbuf, ibuf
 
@@ -295,7 +247,7 @@ def _setup(projected, triangles, height, width):
   corners = jnp.transpose(corners, (3, 1, 0, 2)).reshape(3, 3, -1)  # (coord, corner, F * B)
   # Materialise the gathered corners: fused into their many consumers, XLA:CPU would redo the
   # (slow, scalar) gather in each of them.
-  corners = materialise(corners)
+  corners = fusion.materialise(corners)
   x, y, z = ([corners[c, k] for k in range(3)] for c in range(3))
   idx = [triangles[:, k] for k in range(3)]
   # Vertex ids only order the edges canonically; offsetting them keeps that order per image.
@@ -356,7 +308,7 @@ def _zbuffer_batch(projected, triangles, height, width, window):
   # and every iteration draws at least one, so the loop always finishes and nothing is dropped.
   level = sum((extent > size).astype(jnp.int32) for size in sizes[:-1])
   # Materialised: XLA:CPU otherwise recomputed them from the corners in every iteration.
-  level, large = materialise((level, valid & (extent > window)))
+  level, large = fusion.materialise((level, valid & (extent > window)))
   table = int(min(total_faces, max(256, total_faces // 64)))
   budget = max(total_faces * window * window // 16, 16384)
   caps = [int(min(table, max(1, budget // (side * side)))) for side in sizes]
@@ -491,7 +443,7 @@ def _take_rows(table, index):
   # The table is materialised first: fused into the gather, XLA:CPU would recompute it (e.g.
   # the whole SH shading) for every gathered element. Indices are in range by contract; the
   # default clamping/filling gather is several times slower on XLA:CPU.
-  table = materialise(table)
+  table = fusion.materialise(table)
   return table.at[index].get(mode="promise_in_bounds")
 
 
@@ -575,7 +527,7 @@ def _bary_depth_bwd(residuals, grads):
   g_y = [u[(i + 1) % 3] * rx[(i + 2) % 3] - u[(i + 2) % 3] * rx[(i + 1) % 3] for i in range(3)]
   g_z = [g_depth * (1.0 - b[1] - b[2]), g_depth * b[1], g_depth * b[2]]
   # Materialised before the stack: fused, each of its elements would recompute all of them.
-  g_x, g_y, g_z = materialise((g_x, g_y, g_z))
+  g_x, g_y, g_z = fusion.materialise((g_x, g_y, g_z))
   grad = jnp.stack([jnp.stack([g_x[i], g_y[i], g_z[i]], -1) for i in range(3)], -2)
   return grad, None, None, None
 
