@@ -153,6 +153,16 @@ def test_unet_functional_training_step(tiny_unet):
   assert np.abs(np.asarray(stats["enc1"]["bn1"]["mean"][...])).max() > 0
 
 
+def test_upsample2x_value_and_gradient_match_numpy():
+  x = np.random.default_rng(0).normal(size=(2, 3, 4, 5)).astype(np.float32)
+  g = np.random.default_rng(1).normal(size=(2, 6, 8, 5)).astype(np.float32)
+  np.testing.assert_array_equal(unet.upsample2x(x), x.repeat(2, axis=1).repeat(2, axis=2))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(unet.upsample2x(x) * g)))(x)
+  # Each input pixel receives the sum of its 2 x 2 block of the cotangent.
+  expected = g.reshape(2, 3, 2, 4, 2, 5).sum(axis=(2, 4))
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_iresnet_shapes_and_unit_embedding():
   net = arcface.IResNet(18, input_size=32, width=8, rngs=_rngs())
   net.eval()

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from focus_jax.models.resnet import batch_norm, conv
+from focus_jax.render import fusion
 
 # The original scales the last convolution by 5 before the sigmoid (sharper masks).
 LOGIT_SCALE = 5.0
@@ -54,8 +55,32 @@ class UpConv(nnx.Module):
     self.bn = batch_norm(out_features, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return nnx.relu(self.bn(self.conv(x)))
+    return nnx.relu(self.bn(self.conv(upsample2x(x))))
+
+
+@jax.custom_vjp
+def upsample2x(x: jax.Array) -> jax.Array:
+  """Nearest-neighbour x2 upsampling of ``(B, H, W, C)`` to ``(B, 2H, 2W, C)``.
+
+  Its gradient sums each 2 x 2 block of the cotangent after a fusion barrier: differentiated
+  automatically, XLA:CPU fused that sum into the preceding convolution's input gradient, a
+  library fusion 2-3x slower than the two apart (a 3x3 256->128 UpConv from 56 px, batch 12,
+  gradient w.r.t. input and kernel: 4.8 -> 2.5 s).
+  """
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def _upsample2x_fwd(x):
+  return upsample2x(x), None
+
+
+def _upsample2x_bwd(_, g):
+  b, h, w, c = g.shape
+  g = fusion.materialise(g)
+  return (g.reshape(b, h // 2, 2, w // 2, 2, c).sum(axis=(2, 4)),)
+
+
+upsample2x.defvjp(_upsample2x_fwd, _upsample2x_bwd)
 
 
 class UNet(nnx.Module):
