@@ -40,20 +40,23 @@ renderer run forward only); ArcFace features of the input image are constants of
 (forward only), and the masked image's shallow ArcFace features are computed once and shared by
 the preserve and dist terms (one backward pass through them, not two).
 
-Measured (``--configs full --repeats 2``; em_unet ``--warmup 0 --repeats 1``), 2 cores shared
-with other jobs (1-min load 8-13), so wall times are 2-4x what an idle machine gives;
-``cpu_s_per_step / 2`` bounds the idle wall time from below:
+Measured (``--configs full --warmup 0 --repeats 1``, one step per case, 2 cores with nothing
+else running, 1-min load 1.8-2.6; 30 November 2026):
 
-    case        s/step  CPU-s/step  GFLOP  compile s  peak RSS MB  anchor s  idle bound vs anchor
-    stage1        78.9        38.1    711        399         5290      15.7  >= 19.1 s: <= 0.82x
-    em_encoder   301.0        74.9   1884        388         6325      48.8  >= 37.4 s: <= 1.30x
-    em_unet      301.9       314.4   3749        128         9024      50.9  >= 157 s:  <= 0.32x
+    case        s/step  CPU-s/step  GFLOP  compile s  peak RSS MB  anchor s  vs anchor
+    stage1        11.7        20.2    672         46         5147      15.7      1.35x
+    em_encoder    26.4        48.3   1845         70         6248      48.8      1.85x
+    em_unet       57.5       108.7   2712         47         8045      50.9      0.88x
 
-The 2x target is not met. Each step does only the work it needs (the EM encoder step has no
-UNet backward: 340 convolutions = stage 1's 317 + the UNet's 23 forward; the EM UNet step no
-encoder backward), but XLA's kernel gradients are slow (next paragraph). Peak RSS is below the
-original's 9.4 GB in every case (em_unet only just). The renderer was being changed by others
-while these ran, so the three rows may use different renderer versions.
+The 2x target is not met; peak RSS is below the original's 9.4 GB in every case. Each step does
+only the work it needs (the EM encoder step has no UNet backward; the EM UNet step no encoder
+backward). The EM UNet step is the furthest from the target: it trains the base-64 UNet at 224
+px, and in its profile (``jax.profiler``) 36 of 51 op-seconds are XLA's forward and
+input-gradient convolutions, which run at XLA:CPU's rate (next paragraph); 2x would need them
+faster. Two fixes behind these numbers: the matmul kernel gradients' padded inputs are made in
+the backward pass (they were computed in the forward pass and one per layer kept alive: EM UNet
+step temporaries 6.58 -> 5.33 GB, peak RSS 9,489 -> 8,226 MB), and the UNet's x2 upsampling
+sums its gradient after a fusion barrier (``unet.upsample2x``; 59.5 -> 57.5 s).
 
 Where the time goes (2 shared cores, November 2026; ``--breakdown`` and a convolution
 micro-benchmark). XLA's CPU convolutions run at 50-60 GFLOP per CPU-second forward and for the
@@ -73,19 +76,18 @@ statistics, gradient w.r.t. all parameters; ``nnx.Conv`` vs ``conv.Conv`` in one
 ``--configs cpu`` (``--repeats 7``, before/after alternated, load 3.5-5.7; every
 3x3 layer there is below the threshold, so only the 1x1 layers change): stage1 524 -> 473 ms
 (0.53 -> 0.47 CPU-s), unet_pretrain 450 -> 534 ms (0.45 -> 0.53 CPU-s; the UNet's only 1x1 layer
-is its 8->1 output, so this is noise: an earlier em_unet pair gave 1064 -> 434 ms). The full-size
-steps were not re-measured after this change; the table above and the estimates below predate
-it. Before it, the full stage-1 step was 711 GFLOP (XLA's count) for 38 CPU-seconds: ResNet-50
-forward + backward ~295 GFLOP, of which its kernel gradients ~100 (at 6 GFLOP/CPU-s an estimated
-16 CPU-seconds), and ArcFace IResNet-50 at 112 px ~450 GFLOP (forward of the render and of the
-input, backward of the render's features to the image only: ArcFace's own gradients are never
-formed; ~8 CPU-seconds at the fast rate); the remaining ~10 CPU-seconds (BatchNorm and
-elementwise work, the ArcFace warps, the renderer) were not attributed at full size. The EM
-UNet step is dominated by the UNet at 224 px: ~98 GFLOP per image forward (XLA's count,
-em_encoder minus stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and backward, and
-its ~1.2 TFLOP of kernel gradients at 6 GFLOP/CPU-s were an estimated ~195 of the 314
-CPU-seconds. The EM encoder step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the
-fast rate) to stage 1's work.
+is its 8->1 output, so this is noise: an earlier em_unet pair gave 1064 -> 434 ms). Before it
+(the estimates below predate it), the full stage-1 step was 711 GFLOP (XLA's count) for 38
+CPU-seconds: ResNet-50 forward + backward ~295 GFLOP, of which its kernel gradients ~100 (at 6
+GFLOP/CPU-s an estimated 16 CPU-seconds), and ArcFace IResNet-50 at 112 px ~450 GFLOP (forward of
+the render and of the input, backward of the render's features to the image only: ArcFace's own
+gradients are never formed; ~8 CPU-seconds at the fast rate); the remaining ~10 CPU-seconds
+(BatchNorm and elementwise work, the ArcFace warps, the renderer) were not attributed at full size.
+The EM UNet step is dominated by the UNet at 224 px: ~98 GFLOP per image forward (XLA's count,
+em_encoder minus stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and backward, and its
+~1.2 TFLOP of kernel gradients at 6 GFLOP/CPU-s were an estimated ~195 of the 314 CPU-seconds. The
+EM encoder step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the fast rate) to stage 1's
+work.
 At the ``:cpu`` sizes (measured at 64 px) the renderer dominates: on ``embedded-bfm`` its
 forward + backward over the batch of 12 takes about as long as the whole step of the small
 networks (the quick-start recipe renders the 7.6k-triangle ``embedded`` model instead).
