@@ -69,6 +69,20 @@ def test_projection_matches_numpy_reference():
   np.testing.assert_allclose(p, ref, rtol=2e-5, atol=2e-3)
 
 
+def test_rotate_batched_value_and_gradients_match_numpy():
+  rng = np.random.default_rng(2)
+  points = rng.normal(size=(3, 5, 3)).astype(np.float32)
+  rotations = np.stack([camera.euler_rotation(a) for a in rng.uniform(-1, 1, (3, 3))])
+  weights = rng.normal(size=(3, 5, 3)).astype(np.float32)
+  out = jax.vmap(camera.rotate)(points, rotations)
+  np.testing.assert_allclose(out, np.einsum("bvc,bdc->bvd", points, rotations), atol=1e-5)
+  loss = lambda p, r: jnp.sum(weights * jax.vmap(camera.rotate)(p, r))  # noqa: E731
+  grad_p, grad_r = jax.grad(loss, (0, 1))(points, rotations)
+  # d/dp sum(W * p R^T) = W R; d/dR = W^T p, per batch element.
+  np.testing.assert_allclose(grad_p, np.einsum("bvd,bdc->bvc", weights, rotations), atol=1e-5)
+  np.testing.assert_allclose(grad_r, np.einsum("bvd,bvc->bdc", weights, points), atol=1e-4)
+
+
 def _sh_reference(n):
   x, y, z = n
   c0, c1, c2 = (
