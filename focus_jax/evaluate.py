@@ -80,6 +80,8 @@ METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt", "mean_face")
 # Reconstructions, most trained last; the reference render is the first of REFERENCE present.
 RECONSTRUCTIONS = ("stage1", "em", "adapt")
 REFERENCE = ("em", "adapt", "stage1")
+# Stages that trained an encoder and a UNet together (EM, and EM continued on the test images).
+EM_METHODS = ("em", "adapt")
 VISIBLE_KEYS = ("visible_accuracy", "visible_precision", "visible_recall", "visible_f1")
 OCCLUDER_KEYS = ("occluder_iou", "occluder_precision", "occluder_recall", "occluder_f1")
 MASK_KEYS = (*OCCLUDER_KEYS, *VISIBLE_KEYS, "false_alarm")
@@ -139,7 +141,7 @@ def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:
       roles["stage1"] = (stages[name], "encoder")
   if "unet_pretrain" in stages:
     roles["unet_pretrain"] = (stages["unet_pretrain"], "unet")
-  for name in ("em", "adapt"):
+  for name in EM_METHODS:
     if name in stages:
       roles[name] = (stages[name], "encoder")
       roles[f"{name}_unet"] = (stages[name], "unet")
@@ -221,7 +223,7 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
     render = recon["stage1"]["render"]
     visible = _segment(nets["unet_pretrain"], parts["unet_pretrain"], render, image)
     estimates["unet_pretrain"] = (visible, recon["stage1"])
-  for m in ("em", "adapt"):
+  for m in EM_METHODS:
     if f"{m}_unet" in nets:
       visible = _segment(nets[f"{m}_unet"], parts[f"{m}_unet"], recon[m]["render"], image)
       estimates[m] = (visible, recon[m])
@@ -484,7 +486,7 @@ def _write_csv(path, image_names, unoccluded, per_method, methods) -> None:
 def _report_pass(nets, parts, model, source, size, mesh, image_size):
   """``strips(positions) -> {position: strip}``: reruns the methods on the chosen images (the
   worst are known only after the full pass) and draws the most trained method's panels."""
-  method = next(m for m in ("em", "adapt", "unet_pretrain", "stage1") if m in nets)
+  method = next(m for m in (*EM_METHODS, "unet_pretrain", "stage1") if m in nets)
 
   def strips(positions: list[int]) -> dict[int, np.ndarray]:
     subset = [source[p] for p in positions]

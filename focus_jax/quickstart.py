@@ -8,10 +8,9 @@ unlabelled test images, ``adapt/``), evaluated as its own method next to EM.
 
 Layout of the workdir: ``synthetic/`` (the image root with ground truth), ``pretrain/``,
 ``unet_pretrain/``, ``em/``, [``adapt/``] (one stage workdir each, chained by ``init_from``) and
-``eval/``
-(``metrics.json``, ``per_image.csv``, ``report.html``). Running the command again resumes: data
-that exists is kept, finished stages are skipped, an interrupted stage continues from its last
-checkpoint. The evaluation table is printed at the end.
+``eval/`` (``metrics.json``, ``per_image.csv``, ``report.html``). Running the command again
+resumes: data that exists is kept, finished stages are skipped, an interrupted stage continues
+from its last checkpoint. The evaluation table is printed at the end.
 """
 
 from __future__ import annotations
