@@ -660,7 +660,7 @@ def _loop(config, workdir, mesh, replicated, nets, state, frozen, mngr, writer, 
     # keep the user waiting for minutes.
     log.warning("Stopped by %s before step %d; nothing to save.", signals.received, start + 1)
     return {"interrupted": signals.received, "step": start}
-  health = _Health()
+  health = _Health(fit_grace_steps=config.total_steps // 10)
   meter = _Meter(config, start)
   try:
     last, previous, t0 = {}, None, time.time()
@@ -751,11 +751,18 @@ class _Meter:
 
 
 class _Health:
-  """Warnings on symptoms that the method is failing (checked at logged steps)."""
+  """Warnings on symptoms that the method is failing (checked at logged steps).
+
+  Args:
+    fit_grace_steps: steps before a poor fit counts: every stage starts from a poor fit (the
+      README's stage 1 had 23% face inliers at step 25, 63% at the end; a second seed warned at
+      step 75 and then reached 44%).
+  """
 
   PATIENCE = 3  # consecutive logged steps
 
-  def __init__(self):
+  def __init__(self, fit_grace_steps: int = 0):
+    self.fit_grace_steps = fit_grace_steps
     self.collapsed = 0
     self.not_fitting = 0
 
@@ -773,7 +780,7 @@ class _Health:
           "visible" if visible > 0.99 else "occluded",
         )
     inliers = values.get("face_inlier_fraction")
-    if inliers is not None:
+    if inliers is not None and step > self.fit_grace_steps:
       self.not_fitting = self.not_fitting + 1 if inliers < 0.2 else 0
       if self.not_fitting == self.PATIENCE:
         log.warning(

@@ -328,3 +328,15 @@ def test_health_warnings_on_collapsed_masks_and_a_poor_fit(caplog):
     health.check(4, {"visible_fraction": 0.5, "face_inlier_fraction": 0.6})
     health.check(5, {"visible_fraction": 0.01})
   assert not caplog.records  # healthy again, and a new symptom starts counting afresh
+
+
+def test_a_poor_fit_counts_only_after_the_grace_steps(caplog):
+  health = train._Health(fit_grace_steps=50)
+  with caplog.at_level("WARNING"):
+    for step in (25, 50):
+      health.check(step, {"face_inlier_fraction": 0.1})
+    health.check(75, {"face_inlier_fraction": 0.1})
+    health.check(100, {"face_inlier_fraction": 0.1})
+    assert not caplog.records  # only steps 75 and 100 counted so far
+    health.check(125, {"face_inlier_fraction": 0.1})
+  assert [r.getMessage().startswith("step 125:") for r in caplog.records] == [True]
