@@ -36,6 +36,9 @@ Metrics (per image, then over images; ``focus_jax.eval.metrics``):
   ground-truth outer-eye-corner distance) ``nme_median``, ``nme_mean``.
 - photometric: ``mae``, the mean absolute RGB error in grey levels (0-255) inside ground-truth
   visible skin within the render (images with a mask).
+- pose (with ``groundtruth.npz``): the errors of the predicted pitch, yaw and roll in degrees
+  (``stage1``, ``em``), medians over images, and each angle's gain, the slope of the prediction
+  on the truth (below 1: the encoder under-rotates and bends the shape instead).
 - shape_3d (with ``groundtruth.npz``): the NoW scan-to-mesh error (``eval/now.py``) of the
   predicted neutral mesh (predicted shape, zero expression) against the ground-truth neutral
   mesh (ground-truth shape, zero expression, rebuilt with the generator's model named in
@@ -92,6 +95,7 @@ COLUMNS = (
   "landmark_px",
   "landmark_nme",
   "photometric_mae",
+  *(f"{axis}_err_deg" for axis in metrics.ROTATIONS),
   "s2m_median_mm",
   "s2m_mean_mm",
 )
@@ -211,7 +215,8 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
   Returns:
     ``(per_image, views, extra)``: method -> metric -> ``(B,)``; method -> ``render, mask,
     visible, landmarks`` arrays of its reconstruction; ``clear (B,)`` (the ground truth marks
-    the whole reference render visible) and ``shape/<method> (B, K_shape)`` predictions.
+    the whole reference render visible), ``shape/<method> (B, K_shape)`` and ``pose/<method>
+    (B, 6)`` predictions.
   """
   image, gt, lm = batch["image"], batch["mask"], batch["landmarks"]
   recon = {m: _reconstruct(nets[m], parts[m], model, image) for m in RECONSTRUCTIONS if m in nets}
@@ -244,6 +249,7 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
   per_image["mean_face"] = {"landmark_px": err["pixels"], "landmark_nme": err["normalized"]}
   extra = {"clear": jnp.sum((1.0 - gt) * reference["mask"], axis=(1, 2)) == 0}
   extra |= {f"shape/{m}": rec["shape"] for m, rec in recon.items()}
+  extra |= {f"pose/{m}": rec["pose"] for m, rec in recon.items()}
   return per_image, views, extra
 
 
@@ -334,8 +340,9 @@ def evaluate(
     visible_f1, false_alarm}}`` each with a ``_std`` companion (means over the images where the
     metric is defined; None where none is), ``landmarks`` ``{method: {px_median, nme_median,
     nme_mean}}``, ``shape_3d`` ``{prediction, mean_face: {median_mm, mean_mm, std_mm}}`` (empty
-    without ground-truth coefficients), ``photometric`` ``{method: {mae, mae_std}}`` and
-    ``num_unoccluded``.
+    without ground-truth coefficients), ``pose`` ``{method: {pitch_err_deg, yaw_err_deg,
+    roll_err_deg, pitch_gain, yaw_gain, roll_gain}}`` (``stage1``, ``em``; empty without
+    ground-truth poses), ``photometric`` ``{method: {mae, mae_std}}`` and ``num_unoccluded``.
   """
   from focus_jax.data import layout
 
@@ -368,7 +375,7 @@ def evaluate(
   collected: dict[str, list] = {}
   for batch in _batches(source, size, mesh, config.data.image_size):
     per_image, _, extra = _run_batch(nets, parts, placed_model, batch)
-    keys = ("valid", "id", "has_mask", "gt/shape", "gt/occluded_fraction")
+    keys = ("valid", "id", "has_mask", "gt/shape", "gt/pose", "gt/occluded_fraction")
     host = jax.device_get(
       {"per_image": per_image, "extra": extra, **{k: batch[k] for k in keys if k in batch}}
     )
@@ -425,6 +432,15 @@ def evaluate(
       key = "mean_face" if method == "mean_face" else "prediction"
       shape_3d[key] = {"median_mm": s["median"], "mean_mm": s["mean"], "std_mm": s["std"]}
 
+  pose = {}
+  if "gt/pose" in arrays and n >= 2:
+    for m in LANDMARK_METHODS:
+      if f"pose/{m}" in arrays:
+        errors = metrics.rotation_errors(arrays[f"pose/{m}"], arrays["gt/pose"])
+        for i, axis in enumerate(metrics.ROTATIONS):
+          per_method[m][f"{axis}_err_deg"] = errors[:, i]
+        pose[m] = metrics.rotation_summary(arrays[f"pose/{m}"], arrays["gt/pose"])
+
   methods = [m for m in METHODS if per_method[m]]
   record = {
     "num_images": n,
@@ -441,6 +457,7 @@ def evaluate(
       if m in methods
     },
     "shape_3d": shape_3d,
+    "pose": pose,
     "photometric": {
       m: metrics.summarize_images({"mae": per_method[m]["photometric_mae"]})
       for m in PHOTOMETRIC_METHODS

@@ -144,6 +144,12 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
   assert set(record["shape_3d"]) == {"prediction", "mean_face"}
   for scores in record["shape_3d"].values():
     assert set(scores) == {"median_mm", "mean_mm", "std_mm"} and scores["median_mm"] > 0
+  assert set(record["pose"]) == {"stage1", "em"}
+  for scores in record["pose"].values():
+    assert set(scores) == {
+      f"{a}_{k}" for a in ("pitch", "yaw", "roll") for k in ("err_deg", "gain")
+    }
+    assert all(0 <= scores[f"{a}_err_deg"] <= 180 for a in ("pitch", "yaw", "roll"))
 
   with open(os.path.join(out, "per_image.csv")) as f:
     rows = list(csv.DictReader(f))
@@ -153,6 +159,8 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
   ious = [float(r["occluder_iou"]) for r in em if r["occluder_iou"]]
   assert len(ious) == 16 - record["num_unoccluded"]
   np.testing.assert_allclose(np.mean(ious), record["masks"]["em"]["occluder_iou"], rtol=1e-4)
+  yaw = [float(r["yaw_err_deg"]) for r in em]
+  np.testing.assert_allclose(np.median(yaw), record["pose"]["em"]["yaw_err_deg"], rtol=1e-4)
 
   links = _Links()
   with open(os.path.join(out, "report.html")) as f:

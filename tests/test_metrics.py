@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from focus_jax.eval import metrics
 
@@ -87,3 +88,28 @@ def test_photometric_error():
   sel = mask[0] > 0
   expected0 = 255 * np.mean(np.abs(image[0][sel] - render[0][sel]))
   np.testing.assert_allclose(got, [expected0, 0.0], rtol=1e-5)
+
+
+def test_rotation_errors_and_gains_of_an_under_rotating_predictor():
+  rng = np.random.default_rng(0)
+  truth = np.zeros((50, 6))
+  truth[:, :3] = rng.uniform(-0.5, 0.5, (50, 3))
+  predicted = truth.copy()
+  predicted[:, 1] *= 0.5  # half the yaw
+  predicted[:, 0] += 0.1  # a constant pitch offset: error 5.73 deg, gain still 1
+  predicted[:, 3:] = 7.0  # translations are not scored
+  errors = metrics.rotation_errors(predicted, truth)
+  np.testing.assert_allclose(errors[:, 0], np.degrees(0.1), rtol=1e-9)
+  np.testing.assert_allclose(errors[:, 1], np.degrees(0.5 * np.abs(truth[:, 1])), rtol=1e-9)
+  np.testing.assert_allclose(errors[:, 2], 0.0, atol=1e-12)
+  summary = metrics.rotation_summary(predicted, truth)
+  assert summary["yaw_gain"] == pytest.approx(0.5) and summary["pitch_gain"] == pytest.approx(1.0)
+  assert summary["yaw_err_deg"] == pytest.approx(np.median(errors[:, 1]))
+  assert summary["roll_err_deg"] == pytest.approx(0.0, abs=1e-9)
+  # Angles wrap: 179 and -179 degrees are 2 degrees apart.
+  wrap = metrics.rotation_errors(
+    np.radians([[179.0, 0, 0, 0, 0, 0]]), np.radians([[-179.0, 0, 0, 0, 0, 0]])
+  )
+  assert wrap[0, 0] == pytest.approx(2.0)
+  with pytest.raises(ValueError, match=r"\(N, 6\)"):
+    metrics.rotation_errors(predicted[:, :3], truth[:, :3])

@@ -5,7 +5,9 @@ Conventions (as ``focus_jax.losses``): images NHWC ``(B, H, W, C)`` float32 in [
 1 = visible face (not occluded). Every metric returns per-image values ``(B,)``;
 :func:`summarize` gives their mean and standard deviation over images, :func:`summarize_images`
 the same with NaN marking images where a metric is undefined, :func:`landmark_summary` the
-landmark table's medians. Pure jax/numpy; the per-image metrics are jittable.
+landmark table's medians. :func:`rotation_errors` and :func:`rotation_summary` score predicted
+head rotations against ground-truth ones (synthetic data). Pure jax/numpy; the per-image
+metrics are jittable.
 
 Two classes are scored inside the rendered region: the original's *visible* class
 (:func:`mask_scores`) and the *occluder* class (:func:`occluder_scores`, occluder = not visible),
@@ -26,6 +28,8 @@ import numpy as np
 
 # iBUG-68 outer eye corners (0-based) used to normalise landmark errors.
 OUTER_EYE_CORNERS = (36, 45)
+# The rotation angles of a pose ``(rx, ry, rz, tx, ty, tz)``, in that order.
+ROTATIONS = ("pitch", "yaw", "roll")
 
 
 def _check_masks(gt_mask, est_mask, render_mask) -> None:
@@ -287,3 +291,47 @@ def landmark_summary(pixels: np.ndarray, normalized: np.ndarray) -> dict[str, fl
     "nme_median": float(np.median(normalized)),
     "nme_mean": float(np.mean(normalized)),
   }
+
+
+def rotation_errors(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+  """Absolute errors of the predicted rotation angles, in degrees.
+
+  Args:
+    predicted: ``(N, 6)`` poses ``(rx, ry, rz, tx, ty, tz)``, angles in radians.
+    truth: ``(N, 6)`` ground-truth poses.
+
+  Returns:
+    ``(N, 3)`` float64 ``|predicted - truth|`` of pitch, yaw and roll, wrapped into [0, 180].
+  """
+  predicted, truth = np.asarray(predicted, np.float64), np.asarray(truth, np.float64)
+  if predicted.ndim != 2 or predicted.shape[1] != 6 or predicted.shape != truth.shape:
+    raise ValueError(f"expected equal (N, 6) poses, got {predicted.shape} and {truth.shape}")
+  diff = np.degrees(predicted[:, :3] - truth[:, :3])
+  return np.abs((diff + 180.0) % 360.0 - 180.0)
+
+
+def rotation_summary(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+  """Median rotation errors and the gain of each predicted angle on the true one.
+
+  The gain is the least-squares slope of the predicted angle on the true angle over the images:
+  1 for an unbiased predictor; below 1 when the encoder under-rotates and explains the rest of
+  the landmark displacement by shape and expression, which is what corrupts its 3D shape.
+
+  Args:
+    predicted: ``(N, 6)`` poses, angles in radians (N >= 2).
+    truth: ``(N, 6)`` ground-truth poses.
+
+  Returns:
+    ``{'<axis>_err_deg': median error, '<axis>_gain': slope}`` for pitch, yaw and roll (gain
+    None where the true angle does not vary).
+  """
+  errors = rotation_errors(predicted, truth)
+  if errors.shape[0] < 2:
+    raise ValueError(f"expected at least 2 poses, got {errors.shape[0]}")
+  out = {}
+  for i, axis in enumerate(ROTATIONS):
+    x, y = np.asarray(truth, np.float64)[:, i], np.asarray(predicted, np.float64)[:, i]
+    x, y = x - x.mean(), y - y.mean()
+    out[f"{axis}_err_deg"] = float(np.median(errors[:, i]))
+    out[f"{axis}_gain"] = float(x @ y / (x @ x)) if x @ x > 0 else None
+  return out
