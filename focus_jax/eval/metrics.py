@@ -6,8 +6,8 @@ Conventions (as ``focus_jax.losses``): images NHWC ``(B, H, W, C)`` float32 in [
 :func:`summarize` gives their mean and standard deviation over images, :func:`summarize_images`
 the same with NaN marking images where a metric is undefined, :func:`landmark_summary` the
 landmark table's medians. :func:`rotation_errors` and :func:`rotation_summary` score predicted
-head rotations against ground-truth ones (synthetic data). Pure jax/numpy; the per-image
-metrics are jittable.
+head rotations against ground-truth ones (synthetic data, NumPy). Pure jax/numpy; the mask,
+landmark and photometric metrics are jittable.
 
 Two classes are scored inside the rendered region: the original's *visible* class
 (:func:`mask_scores`) and the *occluder* class (:func:`occluder_scores`, occluder = not visible),
