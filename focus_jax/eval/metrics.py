@@ -328,10 +328,12 @@ def rotation_summary(predicted: np.ndarray, truth: np.ndarray) -> dict[str, floa
   errors = rotation_errors(predicted, truth)
   if errors.shape[0] < 2:
     raise ValueError(f"expected at least 2 poses, got {errors.shape[0]}")
+  truth = np.asarray(truth, np.float64)[:, :3]
+  predicted = np.asarray(predicted, np.float64)[:, :3]
+  truth, predicted = truth - truth.mean(0), predicted - predicted.mean(0)
   out = {}
   for i, axis in enumerate(ROTATIONS):
-    x, y = np.asarray(truth, np.float64)[:, i], np.asarray(predicted, np.float64)[:, i]
-    x, y = x - x.mean(), y - y.mean()
+    x, y = truth[:, i], predicted[:, i]
     out[f"{axis}_err_deg"] = float(np.median(errors[:, i]))
     out[f"{axis}_gain"] = float(x @ y / (x @ x)) if x @ x > 0 else None
   return out
