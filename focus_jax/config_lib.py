@@ -75,6 +75,7 @@ def base() -> ml_collections.ConfigDict:
   c.loss.em_unet.neighbour = 15.0  # 5x5-neighbourhood colour match of R*M vs I*M
   c.loss.landmark_weights = "model"  # model (20 on nose 28..30 and inner lips, SPEC §1) | uniform
   c.loss.width_normalize = False  # preserve/dist: the original's width-axis L2 quirk (SPEC §6)
+  c.loss.neighbour_window = 5  # neighbour loss: side of the search window in pixels (SPEC §6)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adadelta"  # adadelta (SPEC §7: rho 0.9, eps 1e-6) | adam

@@ -80,8 +80,9 @@ class EncoderWeights(_Weights):
 
 @dataclasses.dataclass(frozen=True)
 class UNetWeights(_Weights):
-  """Stage 4 (EM) UNet-step loss weights; ``width_normalize`` is the preserve/dist quirk switch
-  (:func:`losses.channel_cosine_loss`), not a weight."""
+  """Stage 4 (EM) UNet-step loss weights; ``width_normalize`` (the preserve/dist quirk switch of
+  :func:`losses.channel_cosine_loss`) and ``neighbour_window`` (the side of the neighbour loss's
+  search window, :func:`losses.neighbour_loss`) are settings, not weights."""
 
   binary: float = 10.0
   area: float = 0.5
@@ -89,9 +90,11 @@ class UNetWeights(_Weights):
   dist: float = 3.0
   neighbour: float = 15.0
   width_normalize: bool = False
+  neighbour_window: int = 5
 
   def as_dict(self) -> dict[str, float]:
-    return {k: v for k, v in dataclasses.asdict(self).items() if k != "width_normalize"}
+    settings = ("width_normalize", "neighbour_window")
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in settings}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +119,11 @@ def weights_from_config(loss) -> FocusLossWeights:
     stage1=Stage1Weights(**loss["stage1"]),
     unet_pretrain=UNetPretrainWeights(**loss["unet_pretrain"]),
     encoder=EncoderWeights(**loss["em_encoder"]),
-    unet=UNetWeights(**loss["em_unet"], width_normalize=loss["width_normalize"]),
+    unet=UNetWeights(
+      **loss["em_unet"],
+      width_normalize=loss["width_normalize"],
+      neighbour_window=loss["neighbour_window"],
+    ),
   )
 
 
@@ -253,7 +260,7 @@ def em_unet_loss(unet_part, enc_part, batch, frozen, nets: Networks, weights, ke
     "area": losses.area_loss(out.mask, visible),
     "preserve": jnp.float32(0.0),
     "dist": jnp.float32(0.0),
-    "neighbour": losses.neighbour_loss(image, out.image, m),
+    "neighbour": losses.neighbour_loss(image, out.image, m, weights.neighbour_window),
   }
   if nets.arcface is not None:
     face_id = merge(nets.arcface, frozen["arcface"], train=False)

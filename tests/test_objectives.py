@@ -46,7 +46,44 @@ def test_config_overrides_reach_the_weights():
   config = config_lib.base()
   config.loss.stage1.landmarks = 0.01
   config.loss.width_normalize = True
+  config.loss.neighbour_window = 3
   weights = objectives.weights_from_config(config.loss)
   assert weights.stage1.landmarks == 0.01 and weights.unet.width_normalize
-  # The quirk switch is not a loss term.
-  assert "width_normalize" not in weights.unet.as_dict()
+  assert weights.unet.neighbour_window == 3
+  # The settings are not loss terms.
+  assert {"width_normalize", "neighbour_window"}.isdisjoint(weights.unet.as_dict())
+
+
+@pytest.mark.parametrize("window", [3, 5])
+def test_the_neighbour_window_reaches_the_em_unet_loss(window, monkeypatch):
+  """``config.loss.neighbour_window`` is the window the EM UNet step's neighbour term uses."""
+  import jax
+  import jax.numpy as jnp
+
+  from focus_jax import losses, train
+
+  config = config_lib.stage_config("em", "smoke")
+  config.loss.neighbour_window = window
+  model = train.load_model(config)
+  nets, parts, arcface, _ = train.build_networks(config, model.sizes)
+  frozen = train.frozen_inputs(config, model, arcface)
+  size = config.data.image_size
+  batch = {
+    "image": jnp.zeros((2, size, size, 3), jnp.float32),
+    "landmarks": jnp.zeros((2, 68, 2), jnp.float32),
+  }
+  windows = []
+  real = losses.neighbour_loss
+
+  def spy(image, render, mask, window=5):
+    windows.append(window)
+    return real(image, render, mask, window)
+
+  monkeypatch.setattr(losses, "neighbour_loss", spy)
+  weights = objectives.weights_from_config(config.loss).unet
+  jax.eval_shape(
+    lambda: objectives.em_unet_loss(
+      parts["unet"], parts["encoder"], batch, frozen, nets, weights, jax.random.key(0)
+    )
+  )
+  assert windows == [window]
