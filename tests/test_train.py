@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +80,31 @@ def test_checkpoint_round_trip_into_sharded_target(tmp_path):
   assert int(restored["step"]) == 7
   assert checkpoint.latest_step(str(tmp_path / "ckpt")) == 10
   assert checkpoint.latest_step(str(tmp_path / "none")) is None
+
+
+def test_networks_initialised_in_one_program_draw_what_eager_init_draws():
+  """``train._initialised`` jits the initialisers; the draws (keys, order) stay the eager ones."""
+  from flax import nnx
+
+  from focus_jax.models import conv
+
+  def make(rngs):
+    return [
+      conv.Conv(3, 4, 3, rngs=rngs),
+      nnx.BatchNorm(4, rngs=rngs),
+      conv.Conv(4, 2, 1, rngs=rngs),
+    ]
+
+  defs, parts = train._initialised(make, 3)
+  eager = [train.objectives.split(module) for module in make(nnx.Rngs(3))]
+  assert defs == [graphdef for graphdef, _ in eager]
+  for part, (_, expected) in zip(parts, eager, strict=True):
+    chex.assert_trees_all_close(part, expected, rtol=0, atol=1e-6)
+  other_seed = train._initialised(make, 4)[1]
+  assert not np.allclose(parts[0]["params"]["kernel"][...], other_seed[0]["params"]["kernel"][...])
+  # Under eval_shape (``restore_networks``) nothing is compiled: shapes only.
+  shapes = jax.eval_shape(lambda: train._initialised(make, 3)[1])
+  assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, parts)
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
