@@ -204,7 +204,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
 
 def cpu(config: ml_collections.ConfigDict) -> None:
   """Changes ``config`` in place to the 2-CPU-core recipe shared by every stage: the whole chain
-  (synthetic data, stage 1, UNet pretraining, EM, evaluation) in about 18 minutes. Per-stage steps
+  (synthetic data, stage 1, UNet pretraining, EM, evaluation) in about 16 minutes. Per-stage steps
   and rates are in :func:`stage_config`.
 
   SPEC §7 assumes an accelerator, ResNet-50 and 300k Adadelta steps; at a few hundred steps

@@ -55,7 +55,7 @@ def test_second_run_resumes_instead_of_restarting(smoke_chain):
   assert os.stat(data).st_mtime_ns == stamp  # the data was not regenerated
 
 
-@pytest.mark.slow  # the README's quick start itself: about 18 minutes on 2 idle cores
+@pytest.mark.slow  # the README's quick start itself: about 16 minutes on 2 idle cores
 def test_quickstart_meets_the_targets(tmp_path):
   """The targets of the "prove that it works" issue, on the chain's 120 synthetic test faces."""
   import time
