@@ -88,9 +88,13 @@ em_encoder minus stage 1), so ~3.5 of the step's 3.75 TFLOP are its forward and 
 ~1.2 TFLOP of kernel gradients at 6 GFLOP/CPU-s were an estimated ~195 of the 314 CPU-seconds. The
 EM encoder step adds the UNet's forward (~1.2 TFLOP, ~25 CPU-seconds at the fast rate) to stage 1's
 work.
-At the ``:cpu`` sizes (measured at 64 px) the renderer dominates: on ``embedded-bfm`` its
-forward + backward over the batch of 12 takes about as long as the whole step of the small
-networks (the quick-start recipe renders the 7.6k-triangle ``embedded`` model instead).
+At the ``:cpu`` sizes the default ``embedded-bfm`` makes the renderer dominate (96 px, batch 12:
+render forward+backward with the soft mask 318 of a 367 ms stage-1 step), but the quick-start
+recipe renders the 7.6k-triangle ``embedded`` model, so pass ``--model embedded`` to time what it
+trains. There (1 December 2026, 2 cores, idle): stage-1 step 131 ms (encoder forward+backward
+55-63, render forward+backward of the image alone 33-38: stage 1 does not use the soft mask, so
+XLA drops it); UNet-pretraining step 445 ms, of which the UNet's forward+backward is ~400 (its
+forward 87); EM encoder step 310 ms, EM UNet step 624 ms. After stage 1 the UNet is the cost.
 
 Host round trips (GPU/TPU readiness): none in the step. The batch and the state are device
 arrays placed with their shardings before the step; inside the jitted step there is no Python
