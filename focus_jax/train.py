@@ -89,11 +89,11 @@ def learning_rate(step, lr: float, decay: float, every: int, schedule="step", wa
 # Networks.
 
 
-def _initialised(make, seed: int):
-  """``(graphdefs, parts)`` of the modules ``make(nnx.Rngs(seed))`` returns (a list), their
-  random initial values computed by one jitted program. Run eagerly, every initialiser of every
-  layer was compiled on its own: 31 s for the ``:cpu`` networks on 2 CPU cores, 8 s now. The
-  values are the eager ones (the same draws of the same keys) up to float32 rounding (2.4e-7)."""
+def _initialised(make, seed: int) -> list:
+  """``objectives.split`` of each module ``make(nnx.Rngs(seed))`` returns (a list), their random
+  initial values computed by one jitted program. Run eagerly, every initialiser of every layer
+  was compiled on its own: 31 s for the ``:cpu`` networks on 2 CPU cores, 8 s now. The values
+  are the eager ones (the same draws of the same keys) up to float32 rounding (2.4e-7)."""
   defs = []
 
   def init(key):
@@ -108,7 +108,7 @@ def _initialised(make, seed: int):
     # Without LLVM's optimisations: the program runs once, and compiles in ~6 s, not ~25.
     options = {"xla_backend_optimization_level": 0}
     parts = jax.jit(init).lower(key).compile(compiler_options=options)(key)
-  return defs, parts
+  return list(zip(defs, parts, strict=True))
 
 
 def build_networks(config: ml_collections.ConfigDict, sizes: dict, arcface: bool = True):
@@ -120,24 +120,19 @@ def build_networks(config: ml_collections.ConfigDict, sizes: dict, arcface: bool
   """
   from focus_jax.models import resnet, unet, weights
 
-  from_imagenet = bool(config.encoder.init)
+  def make_unet(rngs):
+    return unet.UNet(config.unet.base, rngs=rngs)
 
-  def make(rngs):
-    # The encoder draws from ``rngs`` before the UNet, unless it comes from ImageNet weights.
-    encoder = (
-      []
-      if from_imagenet
-      else [resnet.FaceEncoder(sizes, config.encoder.depth, width=config.encoder.width, rngs=rngs)]
+  if config.encoder.init:
+    encoder = objectives.split(weights.face_encoder_from_imagenet(sizes, config.encoder.init))
+    (network,) = _initialised(lambda rngs: [make_unet(rngs)], config.seed)
+  else:  # the encoder draws from the RNGs before the UNet
+    depth, width = config.encoder.depth, config.encoder.width
+    encoder, network = _initialised(
+      lambda rngs: [resnet.FaceEncoder(sizes, depth, width=width, rngs=rngs), make_unet(rngs)],
+      config.seed,
     )
-    return [*encoder, unet.UNet(config.unet.base, rngs=rngs)]
-
-  defs, initialised = _initialised(make, config.seed)
-  if from_imagenet:
-    enc_def, enc_part = objectives.split(
-      weights.face_encoder_from_imagenet(sizes, config.encoder.init)
-    )
-    defs, initialised = [enc_def, *defs], [enc_part, *initialised]
-  (enc_def, unet_def), (enc_part, unet_part) = defs, initialised
+  (enc_def, enc_part), (unet_def, unet_part) = encoder, network
   face_id, notes = None, {}
   if arcface:
     face_id, notes = weights.load_arcface_or_none(config.arcface.weights or None)
@@ -154,8 +149,8 @@ def restore_networks(workdir: str, config: ml_collections.ConfigDict, sizes: dic
   """``(nets, parts, step)``: the encoder and UNet of a stage workdir's latest checkpoint (the
   rest of the stored train state is not read).
 
-  The networks are built abstractly (``jax.eval_shape``): nothing is initialised (or compiled)
-  only for the restore to overwrite the values.
+  The networks are built abstractly (``jax.eval_shape``), so nothing is initialised or compiled
+  only to be overwritten by the restore.
   """
   directory = os.path.join(workdir, "checkpoints")
   if checkpoint.latest_step(directory) is None:

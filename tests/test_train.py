@@ -95,16 +95,16 @@ def test_networks_initialised_in_one_program_draw_what_eager_init_draws():
       conv.Conv(4, 2, 1, rngs=rngs),
     ]
 
-  defs, parts = train._initialised(make, 3)
+  defs, parts = zip(*train._initialised(make, 3), strict=True)
   eager = [train.objectives.split(module) for module in make(nnx.Rngs(3))]
-  assert defs == [graphdef for graphdef, _ in eager]
+  assert list(defs) == [graphdef for graphdef, _ in eager]
   for part, (_, expected) in zip(parts, eager, strict=True):
     chex.assert_trees_all_close(part, expected, rtol=0, atol=1e-6)
-  other_seed = train._initialised(make, 4)[1]
-  assert not np.allclose(parts[0]["params"]["kernel"][...], other_seed[0]["params"]["kernel"][...])
+  other_seed = train._initialised(make, 4)[0][1]
+  assert not np.allclose(parts[0]["params"]["kernel"][...], other_seed["params"]["kernel"][...])
   # Under eval_shape (``restore_networks``) nothing is compiled: shapes only.
-  shapes = jax.eval_shape(lambda: train._initialised(make, 3)[1])
-  assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, parts)
+  shapes = jax.eval_shape(lambda: [part for _, part in train._initialised(make, 3)])
+  assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(lambda x: x.shape, list(parts))
 
 
 def test_metric_writer_jsonl_and_tensorboard(tmp_path):
