@@ -18,6 +18,11 @@ Methods. Masks (1 = visible), each scored inside its own render's hard mask:
   evaluated split), its encoder's render and its UNet. It trained on these very images (their
   pixels and given landmarks, never their masks), so it measures what adaptation recovers, not
   generalisation.
+- ``gt_render`` (synthetic roots, whose ``groundtruth.npz`` holds every coefficient): the same
+  robust-threshold inlier mask as ``stage1``, on the render of the ground-truth coefficients by
+  the generator's model at the evaluated size. It is a ceiling, not a method: what the
+  per-pixel threshold gives a perfect reconstruction, so the gap between ``stage1`` and it is
+  reconstruction error, and a UNet above it segments better than any threshold on residuals.
 
 Landmarks: ``stage1``, ``em`` and ``mean_face`` (zero shape and expression at the reference
 render's predicted pose); not ``adapt``, whose landmark term fitted the given landmarks of these
@@ -71,15 +76,17 @@ import numpy as np
 from focus_jax import files, losses, objectives, sharding, train
 from focus_jax import workdir as workdir_lib
 from focus_jax.eval import metrics, now, report
-from focus_jax.render import camera, pipeline
+from focus_jax.render import camera, coefficients, pipeline
 from focus_jax.render import morphable_model as mm
 
 log = logging.getLogger(__name__)
 
-MASK_METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt")
+MASK_METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt", "gt_render")
 LANDMARK_METHODS = ("stage1", "em", "mean_face")
 PHOTOMETRIC_METHODS = ("stage1", "em", "adapt")
-METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt", "mean_face")
+METHODS = ("all_visible", "stage1", "unet_pretrain", "em", "adapt", "gt_render", "mean_face")
+# Ground-truth keys that make the ground-truth render (the coefficients of the generator).
+GT_COEFFICIENTS = ("shape", "expression", "color", "pose", "light")
 # Reconstructions, most trained last; the reference render is the first of REFERENCE present.
 RECONSTRUCTIONS = ("stage1", "em", "adapt")
 REFERENCE = ("em", "adapt", "stage1")
@@ -172,6 +179,16 @@ def _reconstruct(encoder, part, model: mm.MorphableModel, image: jax.Array) -> d
   }
 
 
+@jax.jit
+def _ground_truth_inliers(model: mm.MorphableModel, batch: dict) -> dict:
+  """The ``gt_render`` method: the robust inlier mask of the ground-truth coefficients' render."""
+  image = batch["image"]
+  coeffs = coefficients.Coefficients(**{k: batch[f"gt/{k}"] for k in GT_COEFFICIENTS})
+  out = pipeline.render_batch(model, coeffs, image.shape[1], image.shape[2])
+  _, inliers = losses.robust_photometric(image, out.image, out.mask)
+  return {"render": out.image, "mask": out.mask, "landmarks": out.landmarks, "inliers": inliers}
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _segment(unet, part, render: jax.Array, image: jax.Array) -> jax.Array:
   return objectives.merge(unet, part, train=False)(render, image)[..., 0]
@@ -203,14 +220,18 @@ _landmark_error = jax.jit(metrics.landmark_error)
 _photometric_error = jax.jit(metrics.photometric_error)
 
 
-def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict, dict]:
+def _run_batch(
+  nets: dict, parts: dict, model, batch: dict, gt_model=None
+) -> tuple[dict, dict, dict]:
   """Every method on one batch.
 
   Args:
     nets: role -> graph definition (roles of :func:`_roles`).
     parts: role -> parameter pytree.
     model: the morphable model.
-    batch: ``image (B, H, W, 3)``, ``mask (B, H, W)``, ``landmarks (B, 68, 2)``.
+    batch: ``image (B, H, W, 3)``, ``mask (B, H, W)``, ``landmarks (B, 68, 2)``, and the
+      ``gt/<coefficient>`` arrays when ``gt_model`` is given.
+    gt_model: the generator's morphable model: adds the ``gt_render`` ceiling; None: without.
 
   Returns:
     ``(per_image, views, extra)``: method -> metric -> ``(B,)``; method -> ``render, mask,
@@ -232,6 +253,9 @@ def _run_batch(nets: dict, parts: dict, model, batch: dict) -> tuple[dict, dict,
     if f"{m}_unet" in nets:
       visible = _segment(nets[f"{m}_unet"], parts[f"{m}_unet"], recon[m]["render"], image)
       estimates[m] = (visible, recon[m])
+  if gt_model is not None:
+    truth = _ground_truth_inliers(gt_model, batch)
+    estimates["gt_render"] = (truth["inliers"], truth)
   per_image, views = {}, {}
   for method, (visible, rec) in estimates.items():
     per_image[method] = dict(_image_scores(gt, visible, rec["mask"]))
@@ -335,7 +359,8 @@ def evaluate(
 
   Returns:
     The ``metrics.json`` record: ``num_images``, ``split``, ``methods`` (evaluated, in
-    :data:`METHODS` order), ``masks`` ``{method: {occluder_iou, occluder_precision,
+    :data:`METHODS` order; ``gt_render`` where the image root's ground truth holds every
+    coefficient), ``masks`` ``{method: {occluder_iou, occluder_precision,
     occluder_recall, occluder_f1, visible_accuracy, visible_precision, visible_recall,
     visible_f1, false_alarm}}`` each with a ``_std`` companion (means over the images where the
     metric is defined; None where none is), ``landmarks`` ``{method: {px_median, nme_median,
@@ -373,8 +398,13 @@ def evaluate(
   placed_model = jax.device_put(model, replicated)
 
   collected: dict[str, list] = {}
-  for batch in _batches(source, size, mesh, config.data.image_size):
-    per_image, _, extra = _run_batch(nets, parts, placed_model, batch)
+  gt_model = placed_gt_model = None
+  for i, batch in enumerate(_batches(source, size, mesh, config.data.image_size)):
+    if i == 0 and "gt/shape" in batch:
+      gt_model = _groundtruth_model(root, model, batch["gt/shape"].shape[1])
+      if gt_model is not None and all(f"gt/{k}" in batch for k in GT_COEFFICIENTS):
+        placed_gt_model = jax.device_put(gt_model, replicated)
+    per_image, _, extra = _run_batch(nets, parts, placed_model, batch, placed_gt_model)
     keys = ("valid", "id", "has_mask", "gt/shape", "gt/pose", "gt/occluded_fraction")
     host = jax.device_get(
       {"per_image": per_image, "extra": extra, **{k: batch[k] for k in keys if k in batch}}
@@ -416,9 +446,6 @@ def evaluate(
 
   shape_3d = {}
   prediction = next(m for m in REFERENCE if f"shape/{m}" in arrays)
-  gt_model = None
-  if "gt/shape" in arrays:
-    gt_model = _groundtruth_model(root, model, arrays["gt/shape"].shape[1])
   if gt_model is not None:
     predictions = {
       prediction: arrays[f"shape/{prediction}"],

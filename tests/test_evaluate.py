@@ -127,15 +127,23 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
   with open(os.path.join(out, "metrics.json")) as f:
     record = json.load(f)
   assert record["num_images"] == 16 and record["split"] == "all"
-  assert record["methods"] == ["all_visible", "stage1", "unet_pretrain", "em", "mean_face"]
+  assert record["methods"] == [
+    "all_visible", "stage1", "unet_pretrain", "em", "gt_render", "mean_face"
+  ]  # fmt: skip
   mask_keys = {k + s for k in evaluate.MASK_KEYS for s in ("", "_std")}
-  assert set(record["masks"]) == {"all_visible", "stage1", "unet_pretrain", "em"}
+  assert set(record["masks"]) == {"all_visible", "stage1", "unet_pretrain", "em", "gt_render"}
   for scores in record["masks"].values():
     assert set(scores) == mask_keys
     assert 0.0 <= scores["visible_f1"] <= 1.0 and 0.0 <= scores["occluder_iou"] <= 1.0
   # The generator leaves some faces unoccluded: their false alarms are scored.
   assert 0 < record["num_unoccluded"] < 16
   assert record["masks"]["all_visible"]["false_alarm"] == 0.0
+  # The ceiling: the robust threshold on the ground-truth render finds the occluders (0.85 here;
+  # a render at a wrong pose or size would score near the untrained stages' ~0.5 or below).
+  ceiling = record["masks"]["gt_render"]["occluder_iou"]
+  assert ceiling > 0.7
+  for method in ("stage1", "unet_pretrain", "em"):
+    assert record["masks"][method]["occluder_iou"] < ceiling
   assert set(record["landmarks"]) == {"stage1", "em", "mean_face"}
   for scores in record["landmarks"].values():
     assert set(scores) == {"px_median", "nme_median", "nme_mean"}
@@ -171,10 +179,10 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
 
 def test_evaluate_one_stage_workdir(chain, tmp_path):
   record = evaluate.evaluate(os.path.join(chain, "em"), split="test", out=str(tmp_path))
-  assert record["methods"] == ["all_visible", "em", "mean_face"]
+  assert record["methods"] == ["all_visible", "em", "gt_render", "mean_face"]
   assert set(record["shape_3d"]) == {"prediction", "mean_face"}
   with open(tmp_path / "per_image.csv") as f:
-    assert len(list(csv.DictReader(f))) == 3 * record["num_images"]
+    assert len(list(csv.DictReader(f))) == len(record["methods"]) * record["num_images"]
 
 
 def test_adapted_chain_adds_an_adapt_method_and_leaves_the_others(chain, tmp_path):
@@ -191,7 +199,7 @@ def test_adapted_chain_adds_an_adapt_method_and_leaves_the_others(chain, tmp_pat
   assert checkpoint.latest_step(os.path.join(adapt, "checkpoints")) == 2
   assert workdir_lib.read_record(adapt)[1].data.split == "test"
   assert record["methods"] == [
-    "all_visible", "stage1", "unet_pretrain", "em", "adapt", "mean_face"
+    "all_visible", "stage1", "unet_pretrain", "em", "adapt", "gt_render", "mean_face"
   ]  # fmt: skip
   assert "adapt" in record["masks"] and "adapt" in record["photometric"]
   assert "adapt" not in record["landmarks"]  # its landmark term fitted these very landmarks
