@@ -77,7 +77,8 @@ def base() -> ml_collections.ConfigDict:
   c.loss.width_normalize = False  # preserve/dist: the original's width-axis L2 quirk (SPEC §6)
   # Neighbour loss: side of the search window in pixels (SPEC §6). The :cpu recipe keeps 5 at
   # 96 px: 3 (SPEC's window scaled from 224 px) moved along the same EM occluder IoU / false-alarm
-  # curve (0.546 / 5.8% against 0.537 / 5.6% with 5).
+  # curve (0.546 / 5.8% against 0.537 / 5.6% with 5), and so did 7 (0.427 / 2.3% against 0.524 /
+  # 4.0% with 5, on the quick start's current recipe).
   c.loss.neighbour_window = 5
 
   c.optim = ml_collections.ConfigDict()
@@ -175,8 +176,11 @@ def _cpu_stage(c: ml_collections.ConfigDict) -> None:
   else:
     c.total_steps = 240  # two EM periods (four: occluder IoU 0.34 -> 0.37, false alarms 10 -> 17%)
     c.data.augment = False  # augmented: occluder IoU 0.492 vs 0.475, false alarms 8.3 vs 6.5%
+    # 80 UNet steps in 160-step periods (same encoder steps): occluder IoU / false alarms 0.524 /
+    # 4.0% -> 0.465 / 2.8%; the area term only erodes the recall further.
     c.em.period_steps, c.em.unet_steps = 120, 40
-    c.optim.encoder_lr = c.optim.unet_lr = 1e-3  # both networks start trained
+    # Both networks start trained. The UNet at 3e-3: 0.537 / 4.5%, on the same frontier.
+    c.optim.encoder_lr = c.optim.unet_lr = 1e-3
     c.optim.warmup_steps = 0
     c.eval_every_steps = 120
     # Without ArcFace the UNet objective is 10 binary + 0.5 area + 15 neighbour: marking a face
@@ -225,7 +229,10 @@ def cpu(config: ml_collections.ConfigDict) -> None:
   # occluder IoU 0.504 -> 0.555, test NME 0.123 -> 0.096, 3D 1.82 -> 1.63 mm). EM runs without.
   config.data.augment = True
   config.encoder.depth = 18  # ResNet-50 is far too slow on 2 cores
-  config.encoder.width = 16  # encoder forward+backward ~0.08 s per step at 64 px, batch 12
+  # Encoder forward+backward ~0.08 s per step at 64 px, batch 12. Width 24 with 2500 stage-1
+  # steps (about the time of 3000 at 16): stage-1 occluder IoU 0.575 vs 0.584 at false alarms
+  # 32 vs 25%, test NME 0.102 vs 0.091, MAE 15.6 vs 14.0, 3D 1.69 vs 1.54 mm.
+  config.encoder.width = 16
   config.unet.base = 8  # 8..128 channels suffice for the synthetic occluders
   config.optim.name = "adam"  # Adadelta at lr 0.1 needs ~1e5 steps; Adam converges in hundreds
   config.optim.schedule = "cosine"  # annealed to 0 within the short stage
@@ -235,6 +242,9 @@ def cpu(config: ml_collections.ConfigDict) -> None:
   # 0.144 -> 0.114 with uniform weights). Uniform px^2 at 64 px are ~65x smaller than weighted
   # ones at 224 px, hence 0.5 instead of 5e-4: landmarks dominate early, so pose comes first.
   config.loss.landmark_weights = "uniform"
+  # Stage 1 at 1.0 instead (quick-start data): test NME 0.091 -> 0.082 and 3D 1.54 -> 1.49 mm,
+  # but photometric MAE 14.0 -> 15.0 and the robust mask's occluder IoU 0.584 -> 0.545 at false
+  # alarms 25 -> 27%: the masks, limited by the skin residual, lose more than the landmarks gain.
   config.loss.stage1.landmarks = 0.5
   config.loss.em_encoder.landmarks = 0.5
   # 100x SPEC's prior. Against 0.5 x mean px^2 the regulariser (sum alpha^2 / 224) is a Gaussian
