@@ -164,29 +164,21 @@ def _roles(stages: dict[str, Stage]) -> dict[str, tuple[Stage, str]]:
 # architecture, so every stage reuses one compiled encoder and one compiled UNet).
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _reconstruct(encoder, part, model: mm.MorphableModel, image: jax.Array) -> dict:
-  coeffs = objectives.merge(encoder, part, train=False)(image)
-  out = pipeline.render_batch(model, coeffs, image.shape[1], image.shape[2])
-  _, inliers = losses.robust_photometric(image, out.image, out.mask)
-  return {
-    "shape": coeffs.shape,
-    "pose": coeffs.pose,
-    "render": out.image,
-    "mask": out.mask,
-    "landmarks": out.landmarks,
-    "inliers": inliers,
-  }
-
-
-@jax.jit
-def _ground_truth_inliers(model: mm.MorphableModel, batch: dict) -> dict:
-  """The ``gt_render`` method: the robust inlier mask of the ground-truth coefficients' render."""
-  image = batch["image"]
-  coeffs = coefficients.Coefficients(**{k: batch[f"gt/{k}"] for k in GT_COEFFICIENTS})
+def _rendered(model: mm.MorphableModel, coeffs, image: jax.Array) -> dict:
+  """The render of ``coeffs`` at the size of ``image (B, H, W, 3)`` and its robust inlier mask."""
   out = pipeline.render_batch(model, coeffs, image.shape[1], image.shape[2])
   _, inliers = losses.robust_photometric(image, out.image, out.mask)
   return {"render": out.image, "mask": out.mask, "landmarks": out.landmarks, "inliers": inliers}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _reconstruct(encoder, part, model: mm.MorphableModel, image: jax.Array) -> dict:
+  coeffs = objectives.merge(encoder, part, train=False)(image)
+  return {"shape": coeffs.shape, "pose": coeffs.pose, **_rendered(model, coeffs, image)}
+
+
+# The ``gt_render`` method: the ground-truth coefficients' render and its robust inlier mask.
+_ground_truth_render = jax.jit(_rendered)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -254,7 +246,8 @@ def _run_batch(
       visible = _segment(nets[f"{m}_unet"], parts[f"{m}_unet"], recon[m]["render"], image)
       estimates[m] = (visible, recon[m])
   if gt_model is not None:
-    truth = _ground_truth_inliers(gt_model, batch)
+    truth_coeffs = coefficients.Coefficients(**{k: batch[f"gt/{k}"] for k in GT_COEFFICIENTS})
+    truth = _ground_truth_render(gt_model, truth_coeffs, image)
     estimates["gt_render"] = (truth["inliers"], truth)
   per_image, views = {}, {}
   for method, (visible, rec) in estimates.items():
