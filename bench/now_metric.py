@@ -15,8 +15,9 @@ per-job wall times, ``cpu_s_per_mesh`` the process CPU time per job); ``processe
 (each imports JAX, ~1 s, and compiles the two distance kernels, ~1 s); ``meshes_per_s_steady``
 removes that start-up by subtracting the wall time of a call with one job per worker, and
 ``cpu_s_per_mesh`` is the workers' CPU time per job (start-up included). The machine is shared,
-so ``load_avg`` (1-minute load average) is printed with every line; ``median_mm`` lets runs
-check that a faster implementation still measures the same errors.
+so ``load_avg`` (1-minute load average) and ``matmul_2048_s`` (``bench/machine.py``) are
+printed with every line; ``median_mm`` lets runs check that a faster implementation still
+measures the same errors.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 
 from focus_jax import testing
@@ -68,6 +70,7 @@ def _record(jobs, processes, results, wall_s, cpu_s, **extra):
     "median_mm": round(distances["median"], 6),
     "iterations_mean": round(float(np.mean([r.iterations for r in results])), 2),
     "load_avg": round(os.getloadavg()[0], 2),
+    "matmul_2048_s": machine.matmul_seconds(),
   }
 
 

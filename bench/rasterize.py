@@ -16,7 +16,8 @@ is shared, so single runs are noisy).
 interpolation, gradient w.r.t. vertices, colours and SH coefficients; ``x_original_shaded`` is
 the speed-up over that anchor. ``ms_per_image_render_fwd_bwd`` times the whole
 ``pipeline.render_batch`` (3DMM, shading, soft mask) under the gradient of an image + soft-mask
-loss w.r.t. all coefficients.
+loss w.r.t. all coefficients. ``matmul_2048_s`` is the machine's speed at the time
+(``bench/machine.py``): the targets were set at 0.08-0.09 s.
 
 GPU/TPU: every case is one jitted program over the whole batch (no Python loop over images, no
 host transfer inside); the timings include only ``block_until_ready`` on the result.
@@ -32,6 +33,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 
 from focus_jax import testing
@@ -127,6 +129,7 @@ def run_case(name, model, batch, size, repeats):
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "repeats": repeats,
     "load_average_1min": round(os.getloadavg()[0], 2),
+    "matmul_2048_s": machine.matmul_seconds(),
   }
 
 

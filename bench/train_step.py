@@ -21,7 +21,8 @@ runs in a fresh subprocess so that ``peak_rss_mb`` (``ru_maxrss``: compilation i
 case's own. ``hlo_convolutions`` counts the convolutions of the compiled program and ``gflops``
 is XLA's cost analysis: together they show what a step differentiates (see below).
 ``--breakdown`` adds one line per sub-part (encoder, render, UNet, ArcFace forward and
-forward+backward) so that the time of each step can be attributed.
+forward+backward) so that the time of each step can be attributed. ``matmul_2048_s`` is the
+machine's speed at the time (``bench/machine.py``).
 
     .venv/bin/python bench/train_step.py [--stages stage1,unet_pretrain,em_encoder,em_unet]
         [--configs full,cpu] [--batch 12] [--height 224] [--repeats 3] [--warmup 1] [--breakdown]
@@ -117,6 +118,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+import machine
 
 CASES = {  # name -> (config stage, step name in train.make_steps)
   "stage1": ("pretrain", "encoder"),
@@ -251,6 +254,7 @@ def run_case(name: str, variant: str, args, arcface_path: str) -> dict:
     "loss": float(scalars["loss"]),
     "finite": bool(scalars["finite"]),
     "load_avg_1min": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    "matmul_2048_s": machine.matmul_seconds(),
   }
   anchor = ANCHOR_S.get(name)
   if anchor and variant == "full" and config.batch_size == 12 and size == 224:
