@@ -310,7 +310,8 @@ def test_validation_during_training_writes_scalars_and_a_grid(image_root, tmp_pa
   import cv2
 
   image = cv2.imread(str(grid))
-  assert image.shape == (4 * 224, 4 * 224, 3)
+  size = config.data.image_size
+  assert image.shape == (4 * size, 4 * size, 3)
 
 
 def test_health_warnings_on_collapsed_masks_and_a_poor_fit(caplog):
