@@ -54,12 +54,21 @@ CASES = [
 ]
 
 
-# 1x1 kernels take the matmul path whatever ``matmul_grad`` says.
+# 1x1 kernels take the matmul path whatever ``matmul_grad`` says. The matmul path of larger
+# kernels has two forms: patch chunks (small kernels; chunks of ``patch_pixels`` output pixels:
+# with 16 one or several rows of an image, with 64 both images of the batch at the stride-2
+# cases' 5x5 or 4x6 outputs) and one matmul per tap (large kernels; ``patch_pixels`` None).
 @pytest.mark.parametrize(
-  "height, width, k, stride, padding, matmul_grad",
-  [(*case, True) for case in CASES] + [(*case, False) for case in CASES if case[2] > 1],
+  "height, width, k, stride, padding, matmul_grad, patch_pixels",
+  [(*case, True, 16) for case in CASES]
+  + [(*case, True, pixels) for case in CASES if case[2] > 1 for pixels in (64, None)]
+  + [(*case, False, None) for case in CASES if case[2] > 1],
 )
-def test_conv2d_value_and_gradients_match_lax(height, width, k, stride, padding, matmul_grad):
+def test_conv2d_value_and_gradients_match_lax(
+  monkeypatch, height, width, k, stride, padding, matmul_grad, patch_pixels
+):
+  monkeypatch.setattr(conv, "PATCH_MAX_KERNEL", 0 if patch_pixels is None else 2**20)
+  monkeypatch.setattr(conv, "PATCH_PIXELS", patch_pixels or 16)
   x = _normal(0, (2, height, width, 3))
   kernel = _normal(1, (k, k, 3, 5))
 
@@ -105,7 +114,7 @@ def _kernel_grad_dots(argnums, matmul_grad):
 def test_input_gradient_only_drops_the_kernel_gradient():
   """A frozen network's step (gradient w.r.t. the input only) builds no kernel-gradient dots."""
   assert _kernel_grad_dots(0, True) == 0
-  assert _kernel_grad_dots(1, True) == 1  # one, in the loop over the taps
+  assert _kernel_grad_dots(1, True) == 1  # one, in the loop over the patch chunks
 
 
 def test_kernel_gradient_path_chosen_by_size(monkeypatch):
