@@ -50,12 +50,14 @@ else running, 1-min load 1.5-1.9, matmul 0.10-0.15 s; 1 December 2026):
     unet_pretrain    43.3        81.6   2488         28         7529         -          -
     em_unet     45.2-51.0   84.4-94.9   2618         33         8204      50.9  1.00-1.13x
 
-(30 November, before the patch-chunk kernel gradients of ``models.conv``: stage1 11.7 s,
+(30 November, before the patch-tile kernel gradients of ``models.conv``: stage1 11.7 s,
 em_encoder 26.4, em_unet 57.5; the machine's speed moves these by +-15 % from hour to hour. Side
 by side in one window, before/after alternated, the em_unet step went 50.3 -> 45.2 s and 59.5 ->
 51.0 s, 95.0 -> 84.4 and 112.4 -> 94.9 CPU-seconds, peak RSS 7,994 -> 8,204 and 7,921 -> 8,098
-MB: its UNet's kernel gradients at 224, 112 and 56 px are 1.4-1.7x faster; stage 1 and the EM
-encoder step gain only the ResNet stem's, ~0.1 s.)
+MB, with tiles of one image's rows; the final tiles, which span the batch so that batch sharding
+stays local, measured 46.3 s, 87.4 CPU-seconds and 8,159 MB (matmul 0.097 s). Its UNet's kernel
+gradients at 224, 112 and 56 px are 1.4-1.9x faster; stage 1 and the EM encoder step gain only
+the ResNet stem's, ~0.1 s.)
 
 The 2x target is not met; peak RSS is below the original's 9.4 GB in every case. Each step does
 only the work it needs (the EM encoder step has no UNet backward; the EM UNet step no encoder

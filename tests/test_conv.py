@@ -55,12 +55,12 @@ CASES = [
 
 
 # 1x1 kernels take the matmul path whatever ``matmul_grad`` says. The matmul path of larger
-# kernels has two forms: patch chunks (small kernels; chunks of ``patch_pixels`` output pixels:
-# with 16 one or several rows of an image, with 64 both images of the batch at the stride-2
-# cases' 5x5 or 4x6 outputs) and one matmul per tap (large kernels; ``patch_pixels`` None).
+# kernels has two forms: patch tiles (small kernels; tiles of ``patch_pixels`` output pixels over
+# the batch of 2: with 8, tiles narrower than a row (4 of 8 columns, 3 of 6, 1 of 5), with 64
+# several rows or whole images) and one matmul per tap (large kernels; ``patch_pixels`` None).
 @pytest.mark.parametrize(
   "height, width, k, stride, padding, matmul_grad, patch_pixels",
-  [(*case, True, 16) for case in CASES]
+  [(*case, True, 8) for case in CASES]
   + [(*case, True, pixels) for case in CASES if case[2] > 1 for pixels in (64, None)]
   + [(*case, False, None) for case in CASES if case[2] > 1],
 )
@@ -68,7 +68,7 @@ def test_conv2d_value_and_gradients_match_lax(
   monkeypatch, height, width, k, stride, padding, matmul_grad, patch_pixels
 ):
   monkeypatch.setattr(conv, "PATCH_MAX_KERNEL", 0 if patch_pixels is None else 2**20)
-  monkeypatch.setattr(conv, "PATCH_PIXELS", patch_pixels or 16)
+  monkeypatch.setattr(conv, "PATCH_PIXELS", patch_pixels or 8)
   x = _normal(0, (2, height, width, 3))
   kernel = _normal(1, (k, k, 3, 5))
 
@@ -114,7 +114,7 @@ def _kernel_grad_dots(argnums, matmul_grad):
 def test_input_gradient_only_drops_the_kernel_gradient():
   """A frozen network's step (gradient w.r.t. the input only) builds no kernel-gradient dots."""
   assert _kernel_grad_dots(0, True) == 0
-  assert _kernel_grad_dots(1, True) == 1  # one, in the loop over the patch chunks
+  assert _kernel_grad_dots(1, True) == 1  # one, in the loop over the patch tiles
 
 
 def test_kernel_gradient_path_chosen_by_size(monkeypatch):
@@ -184,3 +184,18 @@ def test_kernel_gradient_keeps_no_forward_copies_alive():
     )
   )
   assert ours <= 0.8 * xla, (ours, xla)
+
+
+def test_patch_tiles_keep_a_batch_sharded_gradient_local():
+  """Under batch (data-parallel) sharding the patch tiles contract each device's own images:
+  the compiled kernel gradient sums them with all-reduces and never gathers the batch."""
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("data",))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  x = jax.device_put(_normal(9, (4, 16, 16, 4)), batch)
+  kernel = jax.device_put(_normal(10, (3, 3, 4, 6)), replicated)
+  loss = lambda w, x: jnp.sum(conv.conv2d(x, w, 1, 1, True) ** 2)  # noqa: E731
+  grad = jax.jit(jax.grad(loss))
+  text = grad.lower(kernel, x).compile().as_text()
+  assert "all-reduce" in text and "all-gather" not in text
+  _assert_close(grad(kernel, x), jax.grad(lambda w: jnp.sum(_reference(x, w, 1, 1) ** 2))(kernel))

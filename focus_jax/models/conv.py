@@ -10,23 +10,23 @@ own VJP:
   convolution was 3x slower than the dot), ``lax.conv_general_dilated`` otherwise (for 3x3
   kernels XLA's convolution beat both nine shifted dots and one im2col dot, batch 12, 2 cores:
   64->64 at 224 px 603 ms vs 1366 and 1956, 128->128 at 112 px 617 vs 936 and 1180, 6->64 at
-  224 px 232 vs 905 and 275; only 1024->1024 at 14 px favoured the dots, 462 vs 386; the
-  kernel gradient's patch chunks, below, were no better overall: 64->64 at 224 px 527 vs 648,
-  256->128 at 112 px 1219 vs 1048, 512->256 at 56 px 775 vs 857);
+  224 px 232 vs 905 and 275; only 1024->1024 at 14 px favoured the dots, 462 vs 386; patch
+  matmuls in chunks of rows, as for the kernel gradient below, were no better overall: 64->64 at
+  224 px 527 vs 648, 256->128 at 112 px 1219 vs 1048, 512->256 at 56 px 775 vs 857);
 - gradient w.r.t. the input: the transpose of that forward, as XLA builds it (a
   backward-data convolution, or ``dot(g, kernel.T)`` scattered back by an interior pad);
 - gradient w.r.t. the kernel: one ``jnp.dot`` for 1x1 kernels; otherwise, for large layers,
   matmuls over the patches that the kernel sees: for kernels of up to
-  :data:`PATCH_MAX_KERNEL` elements in chunks of ~:data:`PATCH_PIXELS` output pixels, each
-  chunk's ``kh * kw`` strided windows side by side ``(P, kh * kw * C)`` multiplied by its
-  output cotangent ``(P, O)`` and summed over the chunks (in the cache: 1.4-3.5x faster than
-  per tap at 224 and 112 px); for larger kernels (deep layers, where a chunk's running sum would
-  not fit) per tap ``(i, j)``, the strided window of the padded input that tap sees, ``(B * Ho
+  :data:`PATCH_MAX_KERNEL` elements in tiles of ~:data:`PATCH_PIXELS` output pixels over the
+  batch, each tile's ``kh * kw`` strided windows side by side ``(B, P, kh * kw * C)`` contracted
+  with its output cotangent ``(B, P, O)`` and summed over the tiles (in the cache: 1.4-4x faster
+  than per tap at 224 and 112 px); for larger kernels (deep layers, where a tile's running sum
+  would not fit) per tap ``(i, j)``, the strided window of the padded input that tap sees, ``(B * Ho
   * Wo, C)``, transposed and multiplied by the output cotangent ``(B * Ho * Wo, O)``, the
   ``kh * kw`` products ``(C, O)`` stacked into ``(kh, kw, C, O)``. Small layers keep XLA's
   backward-filter convolution, which is as fast or faster there (:data:`MATMUL_GRAD_MIN_MACS`;
-  the patch chunks do not change that: the ``:cpu`` networks' 3x3 layers at 96 px, fifteen
-  shapes, 101 ms with XLA's against 135 ms), and so does every layer on GPU and TPU, whose
+  the patch tiles do not change that: the ``:cpu`` networks' 3x3 layers at 96 px, fifteen
+  shapes, 78 ms with XLA's against 93 ms), and so does every layer on GPU and TPU, whose
   libraries compute it well.
 
 Both gradients are always built; under ``jax.jit`` XLA removes the one nobody uses (the kernel
@@ -59,16 +59,16 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 MATMUL_GRAD_MIN_MACS = 3e8
 
 # Matmul kernel gradients of kernels with at most this many elements (kh * kw * C * O) are taken
-# in chunks of PATCH_PIXELS output pixels: one (O, P) x (P, kh * kw * C) product per chunk keeps
-# the patches and the running sum in the cache, where one (C, B * Ho * Wo) x (B * Ho * Wo, O)
-# product per tap streams the whole layer through memory kh * kw times. Measured, wall ms per
-# kernel gradient, batch 12, 2 cores (taps vs chunks): 3x3 64->64 at 224 px 983 vs 566, 128->64
-# at 224 px 1722 vs 1073, 256->128 at 112 px 1126 vs 820, 512->256 at 56 px (1.2M elements) 917
-# vs 848, 256->256 at 56 px 428 vs 425, 64->64 at 56 px 51 vs 35; 7x7 stride 2 3->64 at 224 px
-# 189 vs 54; larger kernels do as well or better per tap: 512->512 at 28 px (2.4M) 361 vs 385,
-# 1024->1024 at 14 px 343 vs 384, 512->512 at 7 px 23 vs 25.
+# in tiles of PATCH_PIXELS output pixels (over the batch): one (O, P) x (P, kh * kw * C) product
+# per tile keeps the patches and the running sum in the cache, where one (C, B * Ho * Wo) x
+# (B * Ho * Wo, O) product per tap streams the whole layer through memory kh * kw times.
+# Measured, wall ms per kernel gradient, batch 12, 2 cores (per tap vs tiles): 3x3 64->64 at
+# 224 px 983 vs 561, 128->64 at 224 px 1722 vs 908, 256->128 at 112 px 1126 vs 812, 512->256 at
+# 56 px (1.2M elements) 917 vs 747, 64->64 at 56 px 51 vs 35; 7x7 stride 2 3->64 at 224 px 189
+# vs 45 (tiles of 256 and 512 pixels were 0-30 % slower than 1024); larger kernels do as well or
+# better per tap: 512->512 at 28 px (2.4M) 361 vs 385, 1024->1024 at 14 px 343 vs 384.
 PATCH_MAX_KERNEL = 2**21
-PATCH_PIXELS = 256
+PATCH_PIXELS = 1024
 
 # nnx.Conv's default initialisers.
 _LECUN_NORMAL = nnx.initializers.lecun_normal()
@@ -93,7 +93,7 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 def _kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding: int):
   """d(sum(g * conv(x, kernel))) / d(kernel) for g (B, Ho, Wo, O): (kh, kw, C, O) as matmuls,
-  in patch chunks (:func:`_kernel_grad_patches`) for kernels of up to :data:`PATCH_MAX_KERNEL`
+  in patch tiles (:func:`_kernel_grad_patches`) for kernels of up to :data:`PATCH_MAX_KERNEL`
   elements, else one matmul per kernel tap (in a loop over the taps)."""
   kh, kw, c, o = kernel_shape
   b, ho, wo, _ = g.shape
@@ -130,33 +130,39 @@ def _kernel_grad(x: jax.Array, g: jax.Array, kernel_shape, stride: int, padding:
 
 
 def _kernel_grad_patches(x: jax.Array, g: jax.Array, kernel_shape, stride: int):
-  """:func:`_kernel_grad` of an already padded ``x`` in chunks of about :data:`PATCH_PIXELS`
-  output pixels (whole rows of one image, or whole images): each chunk's patch matrix ``(P,
-  kh * kw * C)`` (the kh * kw strided windows side by side) is multiplied by its cotangent rows
-  ``(P, O)`` and the products summed over the chunks in a loop."""
+  """:func:`_kernel_grad` of an already padded ``x`` in tiles of about :data:`PATCH_PIXELS`
+  output pixels over the whole batch (``rows x cols`` of every image): each tile's patch matrix
+  ``(B, P, kh * kw * C)`` (the kh * kw strided windows side by side) is contracted over batch and
+  pixels with its cotangent ``(B, P, O)``, and the products are summed over the tiles in a loop.
+  Tiles never split the batch, so under batch sharding each device contracts its own images and
+  one all-reduce sums them (slicing the batch made XLA gather it on every device)."""
   kh, kw, c, o = kernel_shape
   b, ho, wo, _ = g.shape
-  rows = _largest_divisor(ho, PATCH_PIXELS // wo)
-  images = _largest_divisor(b, PATCH_PIXELS // (ho * wo)) if rows == ho else 1
-  span = (rows - 1) * stride + kh  # input rows that a chunk of output rows sees
-  chunks = ho // rows
+  per_image = max(1, PATCH_PIXELS // b)
+  cols = _largest_divisor(wo, per_image)
+  rows = _largest_divisor(ho, per_image // cols) if cols == wo else 1
+  tiles_across = wo // cols
 
-  def chunk(total, index):
-    first, row = (index // chunks) * images, (index % chunks) * rows
-    window = lax.dynamic_slice(x, (first, row * stride, 0, 0), (images, span, x.shape[2], c))
-    cotangent = lax.dynamic_slice(g, (first, row, 0, 0), (images, rows, wo, o))
+  def tile(total, index):
+    row, col = (index // tiles_across) * rows, (index % tiles_across) * cols
+    window = lax.dynamic_slice(
+      x,
+      (0, row * stride, col * stride, 0),
+      (b, (rows - 1) * stride + kh, (cols - 1) * stride + kw, c),
+    )
+    cotangent = lax.dynamic_slice(g, (0, row, col, 0), (b, rows, cols, o))
     taps = [
-      window[:, i : i + (rows - 1) * stride + 1 : stride, j : j + (wo - 1) * stride + 1 : stride]
+      window[:, i : i + (rows - 1) * stride + 1 : stride, j : j + (cols - 1) * stride + 1 : stride]
       for i in range(kh)
       for j in range(kw)
     ]
-    patches = jnp.concatenate(taps, axis=-1).reshape(-1, kh * kw * c)
-    # (O, P) x (P, K), summed as (O, K): faster than (K, P) x (P, O) on XLA:CPU (3x3 128->64 at
-    # 224 px: 1041 vs 1404 ms).
-    return total + jnp.dot(cotangent.reshape(-1, o).T, patches), None
+    patches = jnp.concatenate(taps, axis=-1).reshape(b, rows * cols, kh * kw * c)
+    # Summed as (O, K): faster than (K, O) on XLA:CPU (3x3 128->64 at 224 px: 1041 vs 1404 ms).
+    products = jnp.einsum("bpo,bpk->ok", cotangent.reshape(b, rows * cols, o), patches)
+    return total + products, None
 
-  steps = jnp.arange(b // images * chunks)
-  total, _ = lax.scan(chunk, jnp.zeros((o, kh * kw * c), g.dtype), steps)
+  steps = jnp.arange(ho // rows * tiles_across)
+  total, _ = lax.scan(tile, jnp.zeros((o, kh * kw * c), g.dtype), steps)
   return total.T.reshape(kh, kw, c, o)
 
 
