@@ -263,7 +263,8 @@ def test_soft_mask_exact_away_from_edges_and_grows_outward():
 
 
 def test_soft_mask_band_overflow_takes_the_dense_path_with_equal_results():
-  """A capacity below the band size switches to the dense path: same values and gradients."""
+  """A capacity below the band size switches to the dense path, a capacity of three times the
+  band to the short list: same values and gradients on every branch."""
   projected, triangles = _grid_mesh(n=3, lo=8.0, hi=23.0)
   tri = jnp.asarray(triangles)
   frags = _raster(projected, triangles)
@@ -280,6 +281,20 @@ def test_soft_mask_band_overflow_takes_the_dense_path_with_equal_results():
   np.testing.assert_allclose(sparse[0], dense[0], atol=1e-6)
   np.testing.assert_allclose(sparse[1], dense[1], rtol=1e-5, atol=1e-6)
   assert np.abs(sparse[1]).max() > 0
+  # The short list: exactly full at capacity 3 * band, one short at 3 * band - 3.
+  for capacity, branch in ((3 * band, 0), (3 * band - 3, 1), (band, 1), (band - 1, 2)):
+    assert int(composite.tier(jnp.asarray(band), capacity)) == branch, capacity
+  for capacity in (3 * band, 3 * band - 3):
+    value, grad = run(capacity)
+    np.testing.assert_allclose(value, dense[0], atol=1e-6)
+    np.testing.assert_allclose(grad, dense[1], rtol=1e-5, atol=1e-6)
+
+
+def test_soft_mask_tiers():
+  assert composite.tiers(5376) == (1792, 5376)
+  assert composite.tiers(2) == (2,)
+  counts = jnp.asarray([0, 1792, 1793, 5376, 5377])
+  np.testing.assert_array_equal(np.asarray(composite.tier(counts, 5376)), [0, 0, 1, 1, 2])
 
 
 def test_vmap_matches_single_and_does_not_retrace():

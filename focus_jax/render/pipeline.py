@@ -104,7 +104,7 @@ def _render_many(model, coeffs, height, width, sigma, window, original_shading):
   fragments = jax.vmap(raster, (0, None))(projected, triangles)
   image = jax.vmap(interpolate.interpolate, (0, 0, None))(colors, fragments, triangles)
   # The soft mask maps over the batch with ``lax.map``: it evaluates only the silhouette band
-  # behind a ``lax.cond``, and under ``vmap`` a ``cond`` would run its dense fallback too.
+  # behind a ``lax.switch``, and under ``vmap`` a switch would run its dense fallback too.
   soft = jax.lax.map(
     lambda args: composite.soft_mask(args[0], triangles, args[1], sigma), (projected, fragments)
   )
