@@ -59,7 +59,22 @@ stays local, measured 46.3 s, 87.4 CPU-seconds and 8,159 MB (matmul 0.097 s). It
 gradients at 224, 112 and 56 px are 1.4-1.9x faster; stage 1 and the EM encoder step gain only
 the ResNet stem's, ~0.1 s.)
 
-The 2x target is not met; peak RSS is below the original's 9.4 GB in every case. Each step does
+The same command in a later hour, when the machine ran at the speed the anchors were measured
+at (matmul 0.083-0.092 s, the anchors' 0.08-0.09; ``--warmup 1 --repeats 2``, 1 December 2026):
+
+    case           s/step  CPU-s/step  compile s  peak RSS MB  anchor s  vs anchor
+    stage1            6.3        11.3         23         5198      15.7      2.48x
+    em_encoder       14.4        26.8         40         6275      48.8      3.38x
+    unet_pretrain    28.1        53.2         15         7248         -          -
+    em_unet     29.2-31.2   54.3-58.2         21         8109      50.9  1.63-1.75x
+
+(three more em_unet runs that hour: 29.6-29.9 s). At that speed stage 1 and the
+EM encoder step are past 2x; the EM UNet step is not. Its sub-parts then (``--breakdown``): UNet
+forward + backward 26.1 s (forward alone 7.7-8.3), encoder forward 0.9, ArcFace forward 0.9 and
+forward + backward to the input 2.0 (shallow features 0.5), render 0.06 forward.
+
+The 2x target is not met by the EM UNet step; peak RSS is below the original's 9.4 GB in every
+case. Each step does
 only the work it needs (the EM encoder step has no UNet backward; the EM UNet step no encoder
 backward). The EM UNet step is the furthest from the target: it trains the base-64 UNet at 224
 px, and in its profile (``jax.profiler``) 36 of 51 op-seconds are XLA's forward and
