@@ -72,7 +72,12 @@ def upsample2x(x: jax.Array) -> jax.Array:
   same values). The full-size UNet's forward + backward alone got ~10 % faster (batch 12, 224 px,
   side by side: 41.4 -> 36.6 s, 42.8 -> 38.7 s), but the whole EM UNet step did not (46.9 s
   before, 52.2 and 48.2 s after) and its peak RSS rose from 8.1 to 8.9 GB, near the original's
-  9.4.
+  9.4. Tried again on 1 December 2026 on a faster machine hour (matmul 0.083-0.099 s), as four
+  2x2 convolutions through ``models.conv.conv2d``: per layer, forward + backward, 128->64 from 112
+  px 1383 -> 651 ms, 256->128 from 56 px 1365 -> 513, 512->256 from 28 px 1210 -> 498, 1024->512
+  from 14 px 1128 -> 637; but the whole UNet's forward + backward only 26.1 -> 24.7 s, and the EM
+  UNet step 29.9 / 29.8 / 29.6 s before against 29.9 / 30.7 / 26.7 after (noise), peak RSS 8.08
+  -> 8.83 GB.
   """
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
@@ -169,4 +174,8 @@ class UNet(nnx.Module):
 
 
 def _pool(x: jax.Array) -> jax.Array:
+  # A reshape and a max instead (its gradient splits ties where select-and-scatter picks one):
+  # 446 -> 276 ms forward + backward at 224 px, 64 channels, batch 12, bit-identical :cpu
+  # gradients on random inputs, but the smoke chain's UNet pretraining went non-finite at step 2
+  # with it (1 December 2026, cause not found), so reduce_window stays.
   return nnx.max_pool(x, (2, 2), strides=(2, 2))
