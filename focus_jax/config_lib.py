@@ -216,7 +216,7 @@ def smoke(config: ml_collections.ConfigDict) -> None:
 
 def cpu(config: ml_collections.ConfigDict) -> None:
   """Changes ``config`` in place to the 2-CPU-core recipe shared by every stage: the whole chain
-  (synthetic data, stage 1, UNet pretraining, EM, evaluation) in about 16 minutes. Per-stage steps
+  (synthetic data, stage 1, UNet pretraining, EM, evaluation) in 9-18 minutes. Per-stage steps
   and rates are in :func:`stage_config`.
 
   SPEC §7 assumes an accelerator, ResNet-50 and 300k Adadelta steps; at a few hundred steps
@@ -241,6 +241,9 @@ def cpu(config: ml_collections.ConfigDict) -> None:
   # steps (about the time of 3000 at 16): stage-1 occluder IoU 0.575 vs 0.584 at false alarms
   # 32 vs 25%, test NME 0.102 vs 0.091, MAE 15.6 vs 14.0, 3D 1.69 vs 1.54 mm.
   config.encoder.width = 16
+  # Without the stem's max-pool (final map 6x6 instead of 3x3 at 96 px; stage 1 ~1.7x slower,
+  # chain 499 -> 705 s): stage-1 NME 0.095 -> 0.089 and robust-mask occluder IoU 0.554 -> 0.592,
+  # but EM occluder IoU 0.520 -> 0.513 (false alarms 5.2 -> 3.5%) and 3D 1.47 -> 1.63 mm.
   config.unet.base = 8  # 8..128 channels suffice for the synthetic occluders
   config.optim.name = "adam"  # Adadelta at lr 0.1 needs ~1e5 steps; Adam converges in hundreds
   config.optim.schedule = "cosine"  # annealed to 0 within the short stage
@@ -262,6 +265,9 @@ def cpu(config: ml_collections.ConfigDict) -> None:
   # 224 px: 3D 1.08 mm with the matched prior, 5.3 mm with SPEC's (mean face 1.48). Stage 1
   # (augmented) on held-out faces: yaw gain (slope of predicted on true yaw) 0.42 -> 0.55, 3D
   # 1.88 -> 1.69 mm.
+  # Shape and expression held at zero for the first 600 stage-1 steps (pose first, so that the
+  # shape cannot make up for it): yaw gain 0.71 -> 0.74, pitch 0.27 either way, 3D 1.47 -> 1.48 mm,
+  # EM occluder IoU 0.520 -> 0.495 at false alarms 5.2 -> 4.0%: the pose is not learned better.
   config.loss.stage1.stat_reg = 10.0
   config.loss.em_encoder.stat_reg = 10.0
   config.log_every_steps = 25
