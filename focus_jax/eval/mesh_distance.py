@@ -592,7 +592,9 @@ def refine_and_measure(
   minimised (:func:`_refine_planes`); then the exact search runs at the final positions. (It
   queries the KD-tree afresh: reusing the first query with its certificate loosened by how far
   the points moved, ~1 mm after a subset refinement, would send most points to the exhaustive
-  search.) A round that raises the RMS is undone.
+  search.) A round that raises the RMS is undone. The KD-tree queries are exact: with
+  ``eps=1`` approximate ones in the searches that only linearise (``exact=False``; a mesh 155 ->
+  132 ms) the per-mesh medians moved by up to 3%, the alignment settling elsewhere.
 
   Args:
     mesh: the mesh in its own frame.
