@@ -29,6 +29,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.image_root = ""  # an image_root (SPEC §8); "" makes a synthetic one in the workdir
   c.data.synthetic_num = 240  # images of the synthetic image_root when image_root is ""
   c.data.synthetic_split = (0.8, 0.1, 0.1)  # train, val, test fractions of synthetic images
+  # Seed of the synthetic faces, apart from ``seed``: training seeds compare on the same faces.
+  c.data.synthetic_seed = 0
   c.data.split = "train"  # CSV split to train on (adapt: the test split)
   c.data.image_size = 224  # training side in pixels (FOCUS: 224): aligned faces are resized to it
   c.data.augment = True  # shift/scale/rotation/flip augmentation (SPEC §7)

@@ -3,6 +3,10 @@
     python -m focus_jax.quickstart --workdir runs/quickstart            # :cpu sizes, 2 CPU cores
     python -m focus_jax.quickstart --workdir runs/full --variant full   # SPEC §7 sizes (GPU/TPU)
 
+``--seed N`` sets the training seed of every stage (initialisation, shuffling, augmentation);
+the synthetic faces stay those of ``config.data.synthetic_seed``, so seeds compare on the same
+images (the README's seed table: ``--seed 1``, ``--seed 2``, one workdir each).
+
 ``--adapt`` adds the optional test-time adaptation (SPEC §7 step 5: EM continued on the
 unlabelled test images, ``adapt/``), evaluated as its own method next to EM.
 
@@ -95,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument(
     "--adapt", action="store_true", help="then test-time adaptation on the test split (adapt/)"
   )
+  parser.add_argument(
+    "--seed", type=int, default=0, help="training seed of every stage (same synthetic faces)"
+  )
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   from focus_jax import train
 
   train.quiet_third_party(None)
   try:
-    run(args.workdir, args.variant, adapt=args.adapt)
+    run(args.workdir, args.variant, overrides={"seed": args.seed}, adapt=args.adapt)
   except (train.TrainingStopped, ValueError, RuntimeError) as e:
     log.error("%s", e)
     return 1

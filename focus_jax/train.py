@@ -326,7 +326,7 @@ def ensure_synthetic(config: ml_collections.ConfigDict, root: str) -> None:
       synthetic.generate(
         root,
         config.data.synthetic_num,
-        seed=config.seed,
+        seed=config.data.synthetic_seed,
         model=config.model.spec,
         progress=False,
         split=tuple(config.data.synthetic_split),

@@ -32,6 +32,28 @@ def test_chain_configs_link_the_stages(tmp_path):
     quickstart.chain_configs(str(tmp_path), "huge")
 
 
+def test_training_seed_keeps_the_synthetic_faces(tmp_path, monkeypatch):
+  """``--seed`` reaches every stage's ``seed``; the faces follow ``data.synthetic_seed`` only."""
+  from focus_jax import train
+  from focus_jax.data import synthetic
+
+  calls = {}
+  monkeypatch.setattr(quickstart, "run", lambda *a, **k: calls.update(k))
+  assert quickstart.main(["--workdir", str(tmp_path), "--seed", "2"]) == 0
+  assert calls["overrides"] == {"seed": 2}
+  configs = quickstart.chain_configs(str(tmp_path), "cpu", calls["overrides"])
+  assert {c.seed for c in configs.values()} == {2}
+
+  seeds = []
+  monkeypatch.setattr(synthetic, "generate", lambda *a, **k: seeds.append(k["seed"]))
+  for config in (configs["pretrain"], config_lib.stage_config("pretrain", "cpu")):
+    train.ensure_synthetic(config, str(tmp_path / "none"))
+  config = config_lib.stage_config("pretrain", "cpu")
+  config.data.synthetic_seed = 7
+  train.ensure_synthetic(config, str(tmp_path / "none"))
+  assert seeds == [0, 0, 7]
+
+
 def test_second_run_resumes_instead_of_restarting(smoke_chain):
   workdir, _ = smoke_chain
 
