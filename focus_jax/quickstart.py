@@ -1,6 +1,7 @@
 """The quick start: synthetic faces -> stage 1 -> UNet pretraining -> EM -> evaluation, one workdir.
 
     python -m focus_jax.quickstart --workdir runs/quickstart            # :cpu sizes, 2 CPU cores
+    python -m focus_jax.quickstart --workdir runs/long --variant cpu-long  # ~4x stage 1, 3x faces
     python -m focus_jax.quickstart --workdir runs/full --variant full   # SPEC §7 sizes (GPU/TPU)
 
 ``--seed N`` sets the training seed of every stage (initialisation, shuffling, augmentation);
@@ -30,7 +31,7 @@ from focus_jax.workdir import ADAPT, CHAIN
 
 log = logging.getLogger(__name__)
 
-VARIANTS = {"cpu": "cpu", "full": "", "smoke": "smoke"}
+VARIANTS = {"cpu": "cpu", "cpu-long": "cpu-long", "full": "", "smoke": "smoke"}
 
 
 def chain_configs(
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   parser.add_argument("--workdir", default="runs/quickstart", help="chain workdir")
   parser.add_argument(
-    "--variant", choices=sorted(VARIANTS), default="cpu", help="cpu (2 cores), full (SPEC §7)"
+    "--variant",
+    choices=sorted(VARIANTS),
+    default="cpu",
+    help="cpu (2 cores, ~10-20 min), cpu-long (4x stage 1, 3x faces), full (SPEC §7)",
   )
   parser.add_argument(
     "--adapt", action="store_true", help="then test-time adaptation on the test split (adapt/)"
