@@ -4,8 +4,8 @@
       --config.data.image_root=IMAGE_ROOT --workdir=runs/adapt
 
 ``:cpu`` is the quick start's 2-core recipe (``config_lib.cpu``, every change from SPEC §7 with
-its reason), ``:cpu-long`` that recipe with 4x the stage-1 steps on 3x the faces. The numbers
-live in ``focus_jax.config_lib.stage_config``.
+its reason), ``:cpu-long`` its longer version (``config_lib.cpu_long``). The numbers live in
+``focus_jax.config_lib.stage_config``.
 """
 
 from focus_jax import config_lib

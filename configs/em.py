@@ -9,8 +9,8 @@ lr0 = 0.1 * 0.99^60 * 0.8 (where stage 1 ended); encoder lr0 decayed by 0.99, UN
 decayed by 0.95, every 5000 steps. Without ``init_from`` the networks start from scratch (the
 smoke variant does, on synthetic faces, with a period short enough to visit both phases).
 ``:cpu`` is the quick start's 2-core recipe (``config_lib.cpu``, every change from SPEC §7 with
-its reason), ``:cpu-long`` that recipe with 4x the stage-1 steps on 3x the faces. The numbers
-live in ``focus_jax.config_lib.stage_config``.
+its reason), ``:cpu-long`` its longer version (``config_lib.cpu_long``). The numbers live in
+``focus_jax.config_lib.stage_config``.
 """
 
 from focus_jax import config_lib

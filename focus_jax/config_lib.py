@@ -142,7 +142,8 @@ def stage_config(stage: str, arg: str = "") -> ml_collections.ConfigDict:
     c.data.augment = False
     if arg != "smoke":
       c.total_steps = 10000
-  if arg in ("cpu", "cpu-long"):  # after adapt's 10000 steps: the 2-core recipe adapts with EM's
+  # After adapt's 10000 steps: the 2-core recipes adapt with EM's schedule.
+  if arg in ("cpu", "cpu-long"):
     _cpu_stage(c)
   if arg == "cpu-long":
     _cpu_long_stage(c)
