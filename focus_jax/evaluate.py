@@ -49,9 +49,15 @@ Metrics (per image, then over images; ``focus_jax.eval.metrics``):
   mesh (ground-truth shape, zero expression, rebuilt with the generator's model named in
   ``synthetic.json``), aligned on the 7 NoW landmarks: ``prediction`` (the reference render's
   encoder) and ``mean_face`` (zero shape); distances of all images pooled (NoW style), in mm.
+- masks by occluder (synthetic roots whose ``groundtruth.npz`` names the occluder families drawn
+  over each image): the occluder-class scores of each mask method per family (hand, hair,
+  sunglasses, ...), over the occluded images that family was drawn on (an image with two
+  families counts in both). They show which kinds of occluder a method finds, e.g. thin hair
+  strands against large solid ones.
 
 Outputs in ``--out``: ``metrics.json`` (:func:`evaluate` documents its keys), ``per_image.csv``
-(one row per image and method, empty cells where a metric is undefined) and ``report.html``
+(one row per image and method, empty cells where a metric is undefined; the last column names
+the image's occluder families, ``+``-joined, where known) and ``report.html``
 with ``images/*.png`` (``focus_jax.eval.report``). Runs in one process; batches are sharded
 over its devices like training batches.
 """
@@ -75,6 +81,7 @@ import numpy as np
 
 from focus_jax import files, losses, objectives, sharding, train
 from focus_jax import workdir as workdir_lib
+from focus_jax.data import synthetic
 from focus_jax.eval import metrics, now, report
 from focus_jax.render import camera, coefficients, pipeline
 from focus_jax.render import morphable_model as mm
@@ -360,7 +367,10 @@ def evaluate(
     nme_mean}}``, ``shape_3d`` ``{prediction, mean_face: {median_mm, mean_mm, std_mm}}`` (empty
     without ground-truth coefficients), ``pose`` ``{method: {pitch_err_deg, yaw_err_deg,
     roll_err_deg, pitch_gain, yaw_gain, roll_gain}}`` (``stage1``, ``em``; empty without
-    ground-truth poses), ``photometric`` ``{method: {mae, mae_std}}`` and ``num_unoccluded``.
+    ground-truth poses), ``photometric`` ``{method: {mae, mae_std}}``, ``masks_by_occluder``
+    ``{family: {method: {num_images, occluder_iou, occluder_precision, occluder_recall,
+    occluder_f1}}}`` with ``_std`` companions (empty where the root does not record the
+    families) and ``num_unoccluded``.
   """
   from focus_jax.data import layout
 
@@ -462,6 +472,8 @@ def evaluate(
         pose[m] = metrics.rotation_summary(arrays[f"pose/{m}"], arrays["gt/pose"])
 
   methods = [m for m in METHODS if per_method[m]]
+  families = synthetic.occluder_families(root)
+  groups = None if families is None else [families.get(name, ()) for name in image_names]
   record = {
     "num_images": n,
     "split": split,
@@ -483,11 +495,14 @@ def evaluate(
       for m in PHOTOMETRIC_METHODS
       if m in methods
     },
+    "masks_by_occluder": _by_occluder(per_method, methods, groups),
     "num_unoccluded": int(unoccluded.sum()),
   }
   record = _json_safe(record)
   files.write_json(os.path.join(out, "metrics.json"), record)
-  _write_csv(os.path.join(out, "per_image.csv"), image_names, unoccluded, per_method, methods)
+  _write_csv(
+    os.path.join(out, "per_image.csv"), image_names, unoccluded, per_method, methods, groups
+  )
   _write_report(
     out,
     record,
@@ -501,10 +516,25 @@ def evaluate(
   return record
 
 
-def _write_csv(path, image_names, unoccluded, per_method, methods) -> None:
+def _by_occluder(per_method: dict, methods: list[str], groups) -> dict:
+  """``{family: {method: {num_images, occluder_iou, ...}}}``: the occluder scores of each mask
+  method (not ``all_visible``) over the occluded images each occluder family was drawn on."""
+  out: dict[str, dict] = {}
+  if groups is None:
+    return out
+  for method in MASK_METHODS:
+    if method == "all_visible" or method not in methods:
+      continue
+    scores = {k: per_method[method][k] for k in OCCLUDER_KEYS}
+    for family, summary in metrics.summarize_groups(scores, groups).items():
+      out.setdefault(family, {})[method] = summary
+  return out
+
+
+def _write_csv(path, image_names, unoccluded, per_method, methods, groups=None) -> None:
   text = io.StringIO()
   writer = csv.writer(text, lineterminator="\n")
-  writer.writerow(["image", "method", *COLUMNS])
+  writer.writerow(["image", "method", *COLUMNS, "occluders"])
   for i, name in enumerate(image_names):
     for method in methods:
       values = per_method[method] | {"unoccluded": unoccluded.astype(np.float64)}
@@ -512,7 +542,8 @@ def _write_csv(path, image_names, unoccluded, per_method, methods) -> None:
       for column in COLUMNS:
         value = values[column][i] if column in values else np.nan
         cells.append(f"{value:.6g}" if np.isfinite(value) else "")
-      writer.writerow([name, method, *cells])
+      drawn = "" if groups is None else synthetic.OCCLUDER_SEPARATOR.join(groups[i])
+      writer.writerow([name, method, *cells, drawn])
   files.write_text(path, text.getvalue())
 
 
@@ -573,8 +604,32 @@ def summary_table(record: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def format_table(record: dict) -> str:
-  """The summary table as fixed-width text."""
-  header, rows = summary_table(record)
+  """The summary table as fixed-width text, then :func:`family_table` where the record has one."""
+  text = _fixed_width(*summary_table(record))
+  by_family = family_table(record)
+  if by_family:
+    text += f"\n\nOccluder IoU by occluder family (occluded images):\n{by_family}"
+  return text
+
+
+def family_table(record: dict) -> str:
+  """Occluder IoU per occluder family (rows) and mask method (columns) of a ``metrics.json``
+  record, as fixed-width text; ``""`` without families."""
+  by_family = record.get("masks_by_occluder") or {}
+  if not by_family:
+    return ""
+  methods = [m for m in record["methods"] if any(m in v for v in by_family.values())]
+  header = ["occluder", "images", *(f"{m} IoU" for m in methods)]
+  rows = []
+  for family, scores in by_family.items():
+    count = next(iter(scores.values()))["num_images"]
+    rows.append(
+      [family, str(count), *(_fmt(scores.get(m, {}).get("occluder_iou")) for m in methods)]
+    )
+  return _fixed_width(header, rows)
+
+
+def _fixed_width(header: list[str], rows: list[list[str]]) -> str:
   widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
   lines = [
     "  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in [header, *rows]

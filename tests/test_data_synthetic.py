@@ -92,6 +92,12 @@ def test_generator_ground_truth_matches_renderer(tmp_path):
     np.testing.assert_allclose(
       gt["now_landmarks"][i], np.asarray(verts)[np.asarray(model.now_landmarks)], atol=1e-3
     )
+  # The families drawn over each face: at least one wherever occluder pixels cover the face.
+  families = synthetic.occluder_families(out)
+  assert set(families) == {str(n) for n in gt["names"]}
+  for name, fraction in zip(gt["names"], gt["occluded_fraction"], strict=True):
+    assert set(families[str(name)]) <= set(occluders.FAMILIES)
+    assert families[str(name)] or fraction == 0
   # The root feeds the input pipeline as it is (already aligned), ground truth included.
   from focus_jax.data import pipeline as input_pipeline
 
@@ -99,3 +105,4 @@ def test_generator_ground_truth_matches_renderer(tmp_path):
   example = source[0]
   assert bool(example["has_mask"]) and example["image"].shape == (224, 224, 3)
   np.testing.assert_array_equal(example["gt/shape"], gt["shape"][0])
+  assert "gt/occluders" not in example  # text stays on the host

@@ -91,6 +91,18 @@ def test_false_alarm_without_occluders():
   np.testing.assert_allclose(fa, [3 / 12, 0.0], rtol=1e-6)
 
 
+def test_group_summaries_count_an_image_in_each_of_its_groups():
+  iou = np.array([0.2, 0.6, np.nan, 1.0])
+  groups = [("hair",), ("hair", "hand"), (), ("hand",)]
+  s = metrics.summarize_groups({"iou": iou}, groups)
+  assert list(s) == ["hair", "hand"]
+  assert s["hair"] == pytest.approx({"num_images": 2, "iou": 0.4, "iou_std": 0.2})
+  assert s["hand"] == pytest.approx({"num_images": 2, "iou": 0.8, "iou_std": 0.2})
+  # A group whose images all leave the metric undefined is reported, with no value.
+  s = metrics.summarize_groups({"iou": np.array([np.nan])}, [("bar",)])
+  assert s == {"bar": {"num_images": 0, "iou": None, "iou_std": None}}
+
+
 def test_summaries_skip_undefined_images():
   s = metrics.summarize_images({"iou": np.array([0.5, np.nan, 1.0]), "none": np.array([np.nan])})
   assert s == {"iou": 0.75, "iou_std": 0.25, "none": None, "none_std": None}
@@ -169,6 +181,16 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
   np.testing.assert_allclose(np.mean(ious), record["masks"]["em"]["occluder_iou"], rtol=1e-4)
   yaw = [float(r["yaw_err_deg"]) for r in em]
   np.testing.assert_allclose(np.median(yaw), record["pose"]["em"]["yaw_err_deg"], rtol=1e-4)
+  # Occluder families: each family's EM IoU is the mean over the occluded images it was drawn
+  # on, as the CSV names them; an unoccluded image names none.
+  assert record["masks_by_occluder"] and "Occluder IoU by occluder family" in printed
+  for r in em:
+    assert (r["occluders"] == "") == (r["occluder_iou"] == "")
+  for family, by_method in record["masks_by_occluder"].items():
+    assert set(by_method) == {"stage1", "unet_pretrain", "em", "gt_render"}
+    drawn = [float(r["occluder_iou"]) for r in em if family in r["occluders"].split("+")]
+    assert by_method["em"]["num_images"] == len(drawn) > 0
+    np.testing.assert_allclose(by_method["em"]["occluder_iou"], np.mean(drawn), rtol=1e-4)
 
   links = _Links()
   with open(os.path.join(out, "report.html")) as f:

@@ -16,12 +16,21 @@ from focus_jax.data import alignment, layout
 
 
 def load_groundtruth(image_root: str) -> dict[str, np.ndarray] | None:
-  """``groundtruth.npz`` of ``image_root`` as ``{key: (N, ...) array}`` with ``names (N,)``."""
+  """``groundtruth.npz`` of ``image_root`` as ``{key: (N, ...) array}`` with ``names (N,)``.
+
+  Only the numeric arrays become ``gt/<key>`` fields of the examples (device arrays in a
+  batch); text arrays other than ``names`` (e.g. the synthetic generator's ``occluders``) stay in
+  the file for the host-side readers that know them.
+  """
   path = os.path.join(image_root, layout.GROUNDTRUTH_FILE)
   if not os.path.isfile(path):
     return None
   with np.load(path) as data:
-    arrays = {k: data[k] for k in data.files}
+    arrays = {
+      k: data[k]
+      for k in data.files
+      if k == "names" or np.issubdtype(data[k].dtype, np.number) or data[k].dtype == bool
+    }
   if "names" not in arrays:
     raise ValueError(f"{path}: missing the 'names' array that maps rows to images")
   n = arrays["names"].shape[0]

@@ -20,7 +20,8 @@ the tfds builder with ``align=False``):
 - ``groundtruth.npz``: ``names (N,)``, coefficients ``shape, expression, color, pose, light``,
   ``vertices (N, V, 3)`` (model frame, mm, with expression, the model's full mesh),
   ``now_landmarks (N, 7, 3)`` (the 7 NoW points of those vertices), ``landmarks (N, 68, 2)``,
-  ``occluded_fraction (N,)``;
+  ``occluded_fraction (N,)``, ``occluders (N,)`` (the occluder families drawn over each face,
+  joined by ``+`` in drawing order, e.g. ``hair+hand``; ``""`` for an unoccluded image);
 - ``synthetic.json``: the command's settings.
 
 Images are a pure function of ``(seed, image index)``.
@@ -49,6 +50,8 @@ from focus_jax.render import morphable_model as mm
 log = logging.getLogger(__name__)
 
 SIZE = 224
+# Joins the occluder families of one image in ``groundtruth.npz``'s ``occluders``.
+OCCLUDER_SEPARATOR = "+"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,17 +268,18 @@ def generate(
   names = [f"synth_{i:06d}.png" for i in range(num)]
   landmarks = np.zeros((num, 68, 2), np.float32)
   occluded = np.zeros(num, np.float32)
+  families = [""] * num
   num_v = model.num_vertices
   vertices = np.zeros((num, num_v, 3), np.float32)
 
   def finish(i, image, mask, lm):
     rng = np.random.default_rng([seed, i, 1])
-    image8, visible, occ, _ = compose(rng, image, mask, lm, config)
+    image8, visible, occ, drawn = compose(rng, image, mask, lm, config)
     path = os.path.join(dataset, names[i])
     files.write_png(path, image8)
     files.write_png(layout.mask_path_for(path), visible.astype(np.uint8) * 255)
     face = max(float((mask > 0.5).sum()), 1.0)
-    return float((occ & (mask > 0.5)).sum()) / face
+    return float((occ & (mask > 0.5)).sum()) / face, OCCLUDER_SEPARATOR.join(drawn)
 
   starts = list(range(0, num, batch_size))
   bar = tqdm(total=num, desc="synthetic", unit="img", disable=not progress)
@@ -296,7 +300,7 @@ def generate(
         for i in range(start, stop)
       ]
       for i, f in zip(range(start, stop), futures, strict=True):
-        occluded[i] = f.result()
+        occluded[i], families[i] = f.result()
       landmarks[start:stop] = lms[: stop - start]
       vertices[start:stop] = verts[: stop - start]
       bar.update(stop - start)
@@ -324,6 +328,7 @@ def generate(
       "now_landmarks": vertices[:, now_idx],
       "landmarks": landmarks,
       "occluded_fraction": occluded,
+      "occluders": np.array(families, dtype=str),
     },
   )
   steady = max(num - min(batch_size, num), 0)
@@ -340,6 +345,27 @@ def generate(
   settings = {"seed": seed, "config": dataclasses.asdict(config), **stats}
   files.write_json(os.path.join(out, "synthetic.json"), settings)
   return stats
+
+
+def occluder_families(root: str) -> dict[str, tuple[str, ...]] | None:
+  """``{image name: occluder families drawn over it}`` from ``root``'s ``groundtruth.npz``
+  (``()`` for an unoccluded image); None when the root has no such record (not synthetic, or
+  generated before the families were recorded)."""
+  path = os.path.join(root, layout.GROUNDTRUTH_FILE)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as gt:
+    if "occluders" not in gt.files:
+      return None
+    names, drawn = gt["names"], gt["occluders"]
+  if names.shape != drawn.shape:
+    raise ValueError(
+      f"{path}: 'occluders' has shape {drawn.shape}, expected one entry per name {names.shape}"
+    )
+  return {
+    str(n): tuple(f for f in str(d).split(OCCLUDER_SEPARATOR) if f)
+    for n, d in zip(names, drawn, strict=True)
+  }
 
 
 def _pair(text: str) -> tuple[float, float]:

@@ -271,6 +271,31 @@ def summarize_images(per_image: dict[str, np.ndarray]) -> dict[str, float | None
   return out
 
 
+def summarize_groups(
+  per_image: dict[str, np.ndarray], groups: list[tuple[str, ...]]
+) -> dict[str, dict[str, float | int | None]]:
+  """:func:`summarize_images` over the images of each group, an image counting in every group
+  it belongs to (e.g. each occluder family drawn over it).
+
+  Args:
+    per_image: name -> ``(N,)`` per-image values, NaN where undefined.
+    groups: ``N`` tuples of group names, one per image (``()``: in no group).
+
+  Returns:
+    ``{group: {'num_images': images of the group defining the first metric, '<name>': mean,
+    '<name>_std': std}}``, groups in sorted order.
+  """
+  names = sorted({g for image_groups in groups for g in image_groups})
+  first = next(iter(per_image.values()), np.zeros(len(groups)))
+  out = {}
+  for group in names:
+    member = np.array([group in image_groups for image_groups in groups], bool)
+    values = {k: np.asarray(v, np.float64)[member] for k, v in per_image.items()}
+    count = int(np.sum(np.isfinite(np.asarray(first, np.float64)[member])))
+    out[group] = {"num_images": count, **summarize_images(values)}
+  return out
+
+
 def landmark_summary(pixels: np.ndarray, normalized: np.ndarray) -> dict[str, float]:
   """The landmark table of an evaluation from :func:`landmark_error`'s per-image values.
 
