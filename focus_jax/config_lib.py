@@ -160,6 +160,10 @@ def _cpu_stage(c: ml_collections.ConfigDict) -> None:
     # 3500 against 3000 (one chain each, same data): val NME 0.101 -> 0.098, EM occluder IoU
     # 0.524 -> 0.503 at false alarms 4.0 -> 3.7%, 3D 1.49 -> 1.43 mm, yaw gain 0.74 -> 0.77:
     # within run-to-run noise, for 1.6 more minutes of the 20.
+    # 6000 (with 600 UNet-pretraining steps; 2 December 2026 on a machine at about half the
+    # speed: stage 1 18 min, the chain 28): test NME 0.095 -> 0.078, MAE 15.2 -> 12.6, robust
+    # mask 0.554 / 28% -> 0.604 / 21%, EM (area 0.5) 0.573 / 4.9% ((0.3) 0.605 / 7.8%), 3D 1.33
+    # mm (mean face 1.43): better throughout, but EM still no better than its pseudo labels.
     c.total_steps = 3000
     c.optim.encoder_lr = 1e-2  # 2e-3 left yaw underfitted after 400 steps, 5e-3 was better
     # At 0.5 the photometric term barely reached the shared trunk next to the landmark term:
