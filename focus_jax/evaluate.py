@@ -606,18 +606,19 @@ def summary_table(record: dict) -> tuple[list[str], list[list[str]]]:
 def format_table(record: dict) -> str:
   """The summary table as fixed-width text, then :func:`family_table` where the record has one."""
   text = _fixed_width(*summary_table(record))
-  by_family = family_table(record)
-  if by_family:
-    text += f"\n\nOccluder IoU by occluder family (occluded images):\n{by_family}"
+  header, rows = family_table(record)
+  if rows:
+    text += f"\n\n{FAMILY_TITLE}:\n{_fixed_width(header, rows)}"
   return text
 
 
-def family_table(record: dict) -> str:
-  """Occluder IoU per occluder family (rows) and mask method (columns) of a ``metrics.json``
-  record, as fixed-width text; ``""`` without families."""
+FAMILY_TITLE = "Occluder IoU by occluder family (occluded images)"
+
+
+def family_table(record: dict) -> tuple[list[str], list[list[str]]]:
+  """``(header, rows)``: occluder IoU per occluder family (rows) and mask method (columns) of a
+  ``metrics.json`` record; no rows without families."""
   by_family = record.get("masks_by_occluder") or {}
-  if not by_family:
-    return ""
   methods = [m for m in record["methods"] if any(m in v for v in by_family.values())]
   header = ["occluder", "images", *(f"{m} IoU" for m in methods)]
   rows = []
@@ -626,7 +627,7 @@ def family_table(record: dict) -> str:
     rows.append(
       [family, str(count), *(_fmt(scores.get(m, {}).get("occluder_iou")) for m in methods)]
     )
-  return _fixed_width(header, rows)
+  return header, rows
 
 
 def _fixed_width(header: list[str], rows: list[list[str]]) -> str:
@@ -702,6 +703,7 @@ def _write_report(out, record, stages, root, image_names, per_method, pass_, rep
     summary_table(record),
     sections,
     {key(i): strip for i, strip in strips.items()},
+    [(FAMILY_TITLE, *family_table(record))] if record.get("masks_by_occluder") else [],
   )
 
 

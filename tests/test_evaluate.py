@@ -194,7 +194,9 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
 
   links = _Links()
   with open(os.path.join(out, "report.html")) as f:
-    links.feed(f.read())
+    page = f.read()
+  links.feed(page)
+  assert evaluate.FAMILY_TITLE in page
   assert links.images and all(not os.path.isabs(src) for src in links.images)
   assert all(os.path.isfile(os.path.join(out, src)) for src in links.images)
 

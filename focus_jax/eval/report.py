@@ -210,6 +210,7 @@ def write_report(
   table: tuple[Sequence[str], Sequence[Sequence[str]]],
   sections: Sequence[Section],
   strips: dict[str, np.ndarray],
+  more_tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[str]]]] = (),
 ) -> str:
   """Writes ``out_dir/report.html`` and its strips ``out_dir/images/*.png``.
 
@@ -221,6 +222,7 @@ def write_report(
     sections: the image sections, in order (the worst images of each metric first).
     strips: strip key -> ``(H, 5 W, 3)`` uint8 image from :func:`panel_strip`; every row's
       ``strip`` must be a key.
+    more_tables: ``(title, header, rows)`` of further tables shown under the summary.
 
   Returns:
     The path of ``report.html``.
@@ -236,6 +238,9 @@ def write_report(
     f"<h1>{html.escape(title)}</h1>",
     *(f"<p>{html.escape(line)}</p>" for line in notes),
     _table(*table),
+    *(
+      f"<h2>{html.escape(title)}</h2>{_table(header, rows)}" for title, header, rows in more_tables
+    ),
     f"<p class='panels'>Panels: {html.escape(' | '.join(PANELS))}. Landmarks: ground truth "
     "green, prediction red. Error map: mean absolute RGB error, JET from 0 to "
     f"{round(255 * ERROR_RANGE)} grey levels.</p>",
