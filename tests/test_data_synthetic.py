@@ -106,3 +106,15 @@ def test_generator_ground_truth_matches_renderer(tmp_path):
   assert bool(example["has_mask"]) and example["image"].shape == (224, 224, 3)
   np.testing.assert_array_equal(example["gt/shape"], gt["shape"][0])
   assert "gt/occluders" not in example  # text stays on the host
+
+
+def test_occluder_families_of_older_and_malformed_roots(tmp_path):
+  path = tmp_path / layout.GROUNDTRUTH_FILE
+  assert synthetic.occluder_families(str(tmp_path)) is None  # no ground truth at all
+  np.savez(path, names=np.array(["a.png", "b.png"]), shape=np.zeros((2, 3), np.float32))
+  assert synthetic.occluder_families(str(tmp_path)) is None  # generated before the record
+  np.savez(path, names=np.array(["a.png", "b.png"]), occluders=np.array(["hair+hand", ""]))
+  assert synthetic.occluder_families(str(tmp_path)) == {"a.png": ("hair", "hand"), "b.png": ()}
+  np.savez(path, names=np.array(["a.png", "b.png"]), occluders=np.array(["hair"]))
+  with pytest.raises(ValueError, match="groundtruth.npz: 'occluders' has shape"):
+    synthetic.occluder_families(str(tmp_path))
