@@ -16,27 +16,21 @@ from focus_jax.data import alignment, layout
 
 
 def load_groundtruth(image_root: str) -> dict[str, np.ndarray] | None:
-  """``groundtruth.npz`` of ``image_root`` as ``{key: (N, ...) array}`` with ``names (N,)``.
-
-  Only the numeric arrays become ``gt/<key>`` fields of the examples (device arrays in a
-  batch); text arrays other than ``names`` (e.g. the synthetic generator's ``occluders``) stay in
-  the file for the host-side readers that know them.
-  """
+  """``groundtruth.npz`` of ``image_root`` as ``{key: (N, ...) array}`` with ``names (N,)``,
+  every array checked to hold one entry per name. Numeric arrays become the examples' ``gt/<key>``
+  fields (:class:`ExampleMaker`); text ones (e.g. the synthetic generator's ``occluders``) are
+  for host-side readers."""
   path = os.path.join(image_root, layout.GROUNDTRUTH_FILE)
   if not os.path.isfile(path):
     return None
   with np.load(path) as data:
-    arrays = {
-      k: data[k]
-      for k in data.files
-      if k == "names" or np.issubdtype(data[k].dtype, np.number) or data[k].dtype == bool
-    }
+    arrays = {k: data[k] for k in data.files}
   if "names" not in arrays:
     raise ValueError(f"{path}: missing the 'names' array that maps rows to images")
-  n = arrays["names"].shape[0]
+  names = arrays["names"].shape
   for k, v in arrays.items():
-    if v.shape[:1] != (n,):
-      raise ValueError(f"{path}: array {k!r} has {v.shape[0]} rows, 'names' has {n}")
+    if v.shape[:1] != names:
+      raise ValueError(f"{path}: {k!r} has shape {v.shape}, expected one entry per name {names}")
   return arrays
 
 
@@ -53,16 +47,21 @@ class ExampleMaker:
   def __init__(self, image_root: str, align: bool = True, landmark_convention: str = "deep3d"):
     self.align = align
     self.convention = landmark_convention
-    self.groundtruth = load_groundtruth(image_root)
+    groundtruth = load_groundtruth(image_root)
     self._gt_rows = None
-    if self.groundtruth is not None:
-      self._gt_rows = {str(n): i for i, n in enumerate(self.groundtruth["names"])}
+    # The numeric per-image arrays: they go into device batches, names and text do not.
+    self._gt_fields = {}
+    if groundtruth is not None:
+      self._gt_rows = {str(n): i for i, n in enumerate(groundtruth["names"])}
+      self._gt_fields = {
+        k: v
+        for k, v in groundtruth.items()
+        if k != "names" and (np.issubdtype(v.dtype, np.number) or v.dtype == bool)
+      }
 
   def gt_specs(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{"gt/<key>": (shape, dtype)}`` of the per-image ground truth (empty without any)."""
-    if self.groundtruth is None:
-      return {}
-    return {f"gt/{k}": (v.shape[1:], v.dtype) for k, v in self.groundtruth.items() if k != "names"}
+    return {f"gt/{k}": (v.shape[1:], v.dtype) for k, v in self._gt_fields.items()}
 
   def __call__(self, index: int, record: layout.Record) -> dict:
     """The example of ``record``, the ``index``-th row of its split."""
@@ -108,7 +107,6 @@ class ExampleMaker:
           f"{layout.GROUNDTRUTH_FILE}"
         )
       row = self._gt_rows[record.name]
-      for key, value in self.groundtruth.items():
-        if key != "names":
-          example[f"gt/{key}"] = value[row]
+      for key, value in self._gt_fields.items():
+        example[f"gt/{key}"] = value[row]
     return example

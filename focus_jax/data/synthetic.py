@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focus_jax import files
-from focus_jax.data import layout, occluders
+from focus_jax.data import examples, layout, occluders
 from focus_jax.render import camera, coefficients
 from focus_jax.render import morphable_model as mm
 
@@ -351,20 +351,12 @@ def occluder_families(root: str) -> dict[str, tuple[str, ...]] | None:
   """``{image name: occluder families drawn over it}`` from ``root``'s ``groundtruth.npz``
   (``()`` for an unoccluded image); None when the root has no such record (not synthetic, or
   generated before the families were recorded)."""
-  path = os.path.join(root, layout.GROUNDTRUTH_FILE)
-  if not os.path.isfile(path):
+  gt = examples.load_groundtruth(root)
+  if gt is None or "occluders" not in gt:
     return None
-  with np.load(path) as gt:
-    if "occluders" not in gt.files:
-      return None
-    names, drawn = gt["names"], gt["occluders"]
-  if names.shape != drawn.shape:
-    raise ValueError(
-      f"{path}: 'occluders' has shape {drawn.shape}, expected one entry per name {names.shape}"
-    )
   return {
     str(n): tuple(f for f in str(d).split(OCCLUDER_SEPARATOR) if f)
-    for n, d in zip(names, drawn, strict=True)
+    for n, d in zip(gt["names"], gt["occluders"], strict=True)
   }
 
 
