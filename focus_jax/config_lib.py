@@ -84,7 +84,11 @@ def base() -> ml_collections.ConfigDict:
   # quick start's stage 1: 0.595 / 6.1% at area 0.9 and 0.577 / 5.6% at 1.0 against 5's 0.524 /
   # 4.0% at 0.9, but on a 6000-step stage 1 at area 0.5 0.611 / 8.6% against 5's 0.573 / 4.9%
   # (and 0.605 / 7.8% at area 0.3): the same frontier within run-to-run noise. Hair strands,
-  # which EM misses most, rose from 0.37 to 0.42 and 0.38 only.
+  # which EM misses most, rose from 0.37 to 0.42 and 0.38 only. Window 1 (the plain per-pixel
+  # residual, which forgives hands and strands least: README), on the quick start's stage-1 and
+  # UNet-pretraining checkpoints at area 0.9 / 1.5 / 2.0 / 2.5 / 4.0: 0.508 / 21.9%, 0.588 / 7.3%,
+  # 0.560 / 5.4%, 0.488 / 3.3%, 0.265 / 0.7%, against 5's 0.524 / 4.0% at 0.9: the same frontier
+  # again (hands 0.26-0.38 and hair 0.38-0.42 at 1.5-2.5, against 0.29 and 0.37).
   c.loss.neighbour_window = 5
 
   c.optim = ml_collections.ConfigDict()
