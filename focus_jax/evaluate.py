@@ -54,6 +54,12 @@ Metrics (per image, then over images; ``focus_jax.eval.metrics``):
   sunglasses, ...), over the occluded images that family was drawn on (an image with two
   families counts in both). They show which kinds of occluder a method finds, e.g. thin hair
   strands against large solid ones.
+- forgiven (``em``, ``adapt`` and ``gt_render`` on occluded images, per image and per family):
+  the share of occluder pixels, away from the occluder's edge, that the EM UNet objective with
+  the most trained stage's weights (``config.loss.em_unet``, ``neighbour_window``) prefers to
+  call visible on that render (:func:`metrics.forgiven_share`): the occluders that a residual
+  criterion cannot see however long the UNet trains. On ``gt_render`` it is a property of the
+  occluders and the objective alone.
 
 Outputs in ``--out``: ``metrics.json`` (:func:`evaluate` documents its keys), ``per_image.csv``
 (one row per image and method, empty cells where a metric is undefined; the last column names
@@ -106,6 +112,7 @@ MASK_KEYS = (*OCCLUDER_KEYS, *VISIBLE_KEYS, "false_alarm")
 COLUMNS = (
   "unoccluded",
   *MASK_KEYS,
+  "forgiven",
   "landmark_px",
   "landmark_nme",
   "photometric_mae",
@@ -217,10 +224,11 @@ def _neutral(model: mm.MorphableModel, shape: jax.Array) -> jax.Array:
 _image_scores = jax.jit(metrics.image_scores)
 _landmark_error = jax.jit(metrics.landmark_error)
 _photometric_error = jax.jit(metrics.photometric_error)
+_forgiven_share = jax.jit(metrics.forgiven_share, static_argnums=(4, 5, 6))
 
 
 def _run_batch(
-  nets: dict, parts: dict, model, batch: dict, gt_model=None
+  nets: dict, parts: dict, model, batch: dict, gt_model=None, blind_spot=None
 ) -> tuple[dict, dict, dict]:
   """Every method on one batch.
 
@@ -231,6 +239,8 @@ def _run_batch(
     batch: ``image (B, H, W, 3)``, ``mask (B, H, W)``, ``landmarks (B, 68, 2)``, and the
       ``gt/<coefficient>`` arrays when ``gt_model`` is given.
     gt_model: the generator's morphable model: adds the ``gt_render`` ceiling; None: without.
+    blind_spot: ``(area weight, neighbour weight, window)`` of the EM UNet objective: adds the
+      ``forgiven`` share (:func:`metrics.forgiven_share`) of the EM renders and ``gt_render``.
 
   Returns:
     ``(per_image, views, extra)``: method -> metric -> ``(B,)``; method -> ``render, mask,
@@ -259,6 +269,10 @@ def _run_batch(
   per_image, views = {}, {}
   for method, (visible, rec) in estimates.items():
     per_image[method] = dict(_image_scores(gt, visible, rec["mask"]))
+    if blind_spot is not None and method in (*EM_METHODS, "gt_render"):
+      per_image[method]["forgiven"] = _forgiven_share(
+        image, rec["render"], rec["mask"], gt, *blind_spot
+      )
     views[method] = {k: rec[k] for k in ("render", "mask", "landmarks")} | {"visible": visible}
   for method, rec in recon.items():
     per_image.setdefault(method, {})
@@ -369,8 +383,8 @@ def evaluate(
     roll_err_deg, pitch_gain, yaw_gain, roll_gain}}`` (``stage1``, ``em``; empty without
     ground-truth poses), ``photometric`` ``{method: {mae, mae_std}}``, ``masks_by_occluder``
     ``{family: {method: {num_images, occluder_iou, occluder_precision, occluder_recall,
-    occluder_f1}}}`` with ``_std`` companions (empty where the root does not record the
-    families) and ``num_unoccluded``.
+    occluder_f1, and for em, adapt and gt_render forgiven}}}`` with ``_std`` companions (empty
+    where the root does not record the families) and ``num_unoccluded``.
   """
   from focus_jax.data import layout
 
@@ -402,12 +416,18 @@ def evaluate(
 
   collected: dict[str, list] = {}
   gt_model = placed_gt_model = None
+  # The most trained stage's EM UNet weights (a stage-1 config holds the defaults of its variant).
+  blind_spot = (
+    float(config.loss.em_unet.area),
+    float(config.loss.em_unet.neighbour),
+    int(config.loss.neighbour_window),
+  )
   for i, batch in enumerate(_batches(source, size, mesh, config.data.image_size)):
     if i == 0 and "gt/shape" in batch:
       gt_model = _groundtruth_model(root, model, batch["gt/shape"].shape[1])
       if gt_model is not None and all(f"gt/{k}" in batch for k in GT_COEFFICIENTS):
         placed_gt_model = jax.device_put(gt_model, replicated)
-    per_image, _, extra = _run_batch(nets, parts, placed_model, batch, placed_gt_model)
+    per_image, _, extra = _run_batch(nets, parts, placed_model, batch, placed_gt_model, blind_spot)
     keys = ("valid", "id", "has_mask", "gt/shape", "gt/pose", "gt/occluded_fraction")
     host = jax.device_get(
       {"per_image": per_image, "extra": extra, **{k: batch[k] for k in keys if k in batch}}
@@ -438,8 +458,9 @@ def evaluate(
       continue
     for k in VISIBLE_KEYS:
       scores[k] = np.where(has_mask, scores[k], nan)
-    for k in OCCLUDER_KEYS:
-      scores[k] = np.where(has_mask & ~unoccluded, scores[k], nan)
+    for k in (*OCCLUDER_KEYS, "forgiven"):
+      if k in scores:
+        scores[k] = np.where(has_mask & ~unoccluded, scores[k], nan)
     scores["false_alarm"] = np.where(unoccluded, scores["false_alarm"], nan)
   for method in PHOTOMETRIC_METHODS:
     if "photometric_mae" in per_method[method]:
@@ -525,7 +546,9 @@ def _by_occluder(per_method: dict, methods: list[str], groups) -> dict:
   for method in MASK_METHODS:
     if method == "all_visible" or method not in methods:
       continue
-    scores = {k: per_method[method][k] for k in OCCLUDER_KEYS}
+    scores = {
+      k: per_method[method][k] for k in (*OCCLUDER_KEYS, "forgiven") if k in per_method[method]
+    }
     for family, summary in metrics.summarize_groups(scores, groups).items():
       out.setdefault(family, {})[method] = summary
   return out
@@ -612,21 +635,24 @@ def format_table(record: dict) -> str:
   return text
 
 
-FAMILY_TITLE = "Occluder IoU by occluder family (occluded images)"
+FAMILY_TITLE = "Occluder IoU and forgiven share by occluder family (occluded images)"
 
 
 def family_table(record: dict) -> tuple[list[str], list[list[str]]]:
   """``(header, rows)``: occluder IoU per occluder family (rows) and mask method (columns) of a
-  ``metrics.json`` record; no rows without families."""
+  ``metrics.json`` record, then the forgiven share of the methods that have one; no rows
+  without families."""
   by_family = record.get("masks_by_occluder") or {}
   methods = [m for m in record["methods"] if any(m in v for v in by_family.values())]
+  forgiving = [m for m in methods if any("forgiven" in v.get(m, {}) for v in by_family.values())]
   header = ["occluder", "images", *(f"{m} IoU" for m in methods)]
+  header += [f"{m} forgiven" for m in forgiving]
   rows = []
   for family, scores in by_family.items():
     count = next(iter(scores.values()))["num_images"]
-    rows.append(
-      [family, str(count), *(_fmt(scores.get(m, {}).get("occluder_iou")) for m in methods)]
-    )
+    cells = [_fmt(scores.get(m, {}).get("occluder_iou")) for m in methods]
+    cells += [_fmt(scores.get(m, {}).get("forgiven")) for m in forgiving]
+    rows.append([family, str(count), *cells])
   return header, rows
 
 

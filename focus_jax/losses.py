@@ -332,27 +332,16 @@ def dist_loss(
   return channel_cosine_loss(masked_render_features, masked_image_features, width_normalize)
 
 
-def neighbour_loss(
+def neighbour_distance(
   image: jax.Array, render: jax.Array, mask: jax.Array, window: int = 5
 ) -> jax.Array:
-  """Neighbour loss: masked render vs the best-matching nearby masked target pixel.
+  """The per-pixel term of :func:`neighbour_loss`: ``n(p)`` of every interior pixel.
 
-  With ``m = window // 2``, for every interior pixel ``p = (y, x)``, ``m <= y < H - m``,
-  ``m <= x < W - m``:
-
-      n(p) = min_{|i|, |j| <= m} || (R M)(y, x) - (I M)(y + i, x + j) ||_2,
-
-  the norm over the channels, and ``loss = mean_{b, p} n(p)`` over ``B (H - 2m) (W - 2m)``
-  interior pixels. At ties of the minimum the gradient is shared between the tied offsets.
-
-  Args:
-    image: ``(B, H, W, C)`` float32 target images ``I``.
-    render: ``(B, H, W, C)`` float32 rendered images ``R``.
-    mask: ``(B, H, W)`` float32 ``M = rendered mask * UNet mask``.
-    window: odd window size (5), at most ``min(H, W)``.
+  Args are those of :func:`neighbour_loss`.
 
   Returns:
-    Scalar loss.
+    ``(B, H - 2m, W - 2m)`` float32, ``m = window // 2``: entry ``(b, y, x)`` is ``n`` at pixel
+    ``(y + m, x + m)``.
   """
   _check_images(image, render, mask)
   if window < 1 or window % 2 != 1:
@@ -370,7 +359,33 @@ def neighbour_loss(
       shifted = masked_image[:, m + i : height - m + i, m + j : width - m + j]
       dist = _safe_norm(masked_render - shifted)
       lowest = dist if lowest is None else jnp.minimum(lowest, dist)
-  return jnp.mean(lowest)
+  return lowest
+
+
+def neighbour_loss(
+  image: jax.Array, render: jax.Array, mask: jax.Array, window: int = 5
+) -> jax.Array:
+  """Neighbour loss: masked render vs the best-matching nearby masked target pixel.
+
+  With ``m = window // 2``, for every interior pixel ``p = (y, x)``, ``m <= y < H - m``,
+  ``m <= x < W - m``:
+
+      n(p) = min_{|i|, |j| <= m} || (R M)(y, x) - (I M)(y + i, x + j) ||_2,
+
+  the norm over the channels, and ``loss = mean_{b, p} n(p)`` over ``B (H - 2m) (W - 2m)``
+  interior pixels (:func:`neighbour_distance` gives the ``n(p)``). At ties of the minimum the
+  gradient is shared between the tied offsets.
+
+  Args:
+    image: ``(B, H, W, C)`` float32 target images ``I``.
+    render: ``(B, H, W, C)`` float32 rendered images ``R``.
+    mask: ``(B, H, W)`` float32 ``M = rendered mask * UNet mask``.
+    window: odd window size (5), at most ``min(H, W)``.
+
+  Returns:
+    Scalar loss.
+  """
+  return jnp.mean(neighbour_distance(image, render, mask, window))
 
 
 def binary_cross_entropy_with_logits(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -183,14 +183,32 @@ def test_evaluate_chain_writes_metrics_csv_and_report(chain, tmp_path, capsys):
   np.testing.assert_allclose(np.median(yaw), record["pose"]["em"]["yaw_err_deg"], rtol=1e-4)
   # Occluder families: each family's EM IoU is the mean over the occluded images it was drawn
   # on, as the CSV names them; an unoccluded image names none.
-  assert record["masks_by_occluder"] and "Occluder IoU by occluder family" in printed
+  assert record["masks_by_occluder"] and evaluate.FAMILY_TITLE in printed
+  assert "em forgiven" in printed and "gt_render forgiven" in printed
   for r in em:
     assert (r["occluders"] == "") == (r["occluder_iou"] == "")
+  defined = 0
   for family, by_method in record["masks_by_occluder"].items():
     assert set(by_method) == {"stage1", "unet_pretrain", "em", "gt_render"}
     drawn = [float(r["occluder_iou"]) for r in em if family in r["occluders"].split("+")]
     assert by_method["em"]["num_images"] == len(drawn) > 0
     np.testing.assert_allclose(by_method["em"]["occluder_iou"], np.mean(drawn), rtol=1e-4)
+    # The forgiven share: for the renders EM's objective judges (and the ground truth's), a
+    # share per family, the mean of the CSV's defined rows.
+    assert "forgiven" not in by_method["stage1"]
+    shares = [
+      float(r["forgiven"]) for r in em if family in r["occluders"].split("+") and r["forgiven"]
+    ]
+    defined += len(shares)
+    if shares:
+      assert all(0.0 <= v <= 1.0 for v in shares)
+      np.testing.assert_allclose(by_method["em"]["forgiven"], np.mean(shares), rtol=1e-4)
+    else:
+      assert by_method["em"]["forgiven"] is None
+    assert (
+      by_method["gt_render"]["forgiven"] is None or 0 <= by_method["gt_render"]["forgiven"] <= 1
+    )
+  assert defined > 0 and all(r["forgiven"] == "" for r in em if r["occluders"] == "")
 
   links = _Links()
   with open(os.path.join(out, "report.html")) as f:

@@ -113,3 +113,65 @@ def test_rotation_errors_and_gains_of_an_under_rotating_predictor():
   assert wrap[0, 0] == pytest.approx(2.0)
   with pytest.raises(ValueError, match=r"\(N, 6\)"):
     metrics.rotation_errors(predicted[:, :3], truth[:, :3])
+
+
+def _forgiven_numpy(image, render, render_mask, gt_mask, area, neighbour, window, margin):
+  """forgiven_share written out pixel by pixel."""
+  batch, height, width, _ = image.shape
+  m = window // 2
+  out = []
+  for b in range(batch):
+    face = render_mask[b] > 0.5
+    interior = (height - 2 * m) * (width - 2 * m)
+    price = area * interior / (neighbour * max(face.sum(), 1))
+    forgiven = count = 0
+    for y in range(m, height - m):
+      for x in range(m, width - m):
+        window_gt = [
+          gt_mask[b, yy, xx] if 0 <= yy < height and 0 <= xx < width else 0.0
+          for yy in range(y - margin, y + margin + 1)
+          for xx in range(x - margin, x + margin + 1)
+        ]
+        if not face[y, x] or max(window_gt) >= 0.5:
+          continue
+        r = render[b, y, x] * render_mask[b, y, x]
+        n = min(
+          np.linalg.norm(r - image[b, y + i, x + j] * render_mask[b, y + i, x + j])
+          for i in range(-m, m + 1)
+          for j in range(-m, m + 1)
+        )
+        count += 1
+        forgiven += n < price
+    out.append(forgiven / count if count else np.nan)
+  return np.array(out)
+
+
+def test_forgiven_share_matches_numpy_and_sees_through_fine_textures():
+  size = 16
+  skin, green = np.array([0.8, 0.6, 0.5]), np.array([0.1, 0.8, 0.1])
+  render = np.broadcast_to(skin, (3, size, size, 3)).astype(np.float32).copy()
+  render_mask = np.zeros((3, size, size), np.float32)
+  render_mask[:, 1:15, 2:14] = 1.0
+  gt_mask = np.ones((3, size, size), np.float32)
+  gt_mask[:, 4:11, 3:11] = 0.0  # one occluder per image
+  image = render.copy()
+  yy, xx = np.mgrid[:size, :size]
+  checks = np.where(((yy + xx) % 2 == 0)[..., None], skin, green)
+  image[0][gt_mask[0] == 0] = checks[gt_mask[0] == 0]  # 1 px checks: skin next to every pixel
+  image[1][gt_mask[1] == 0] = green  # a solid occluder
+  image[2] = np.where(gt_mask[2][..., None] == 0, skin + 0.02, image[2])  # skin-coloured
+  gt_mask[2, 0, 0] = 1.0  # (outside the render: changes nothing)
+  args = [jnp.asarray(a) for a in (image, render, render_mask, gt_mask)]
+  for window, margin in ((5, 2), (3, 1), (1, 0)):
+    got = metrics.forgiven_share(*args, 0.9, 15.0, window, margin)
+    want = _forgiven_numpy(image, render, render_mask, gt_mask, 0.9, 15.0, window, margin)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+  # With a window the checks are forgiven like skin; pixel by pixel only their skin half is.
+  win5 = metrics.forgiven_share(*args, 0.9, 15.0, 5, 2)
+  np.testing.assert_allclose(win5, [1.0, 0.0, 1.0])
+  per_pixel = metrics.forgiven_share(*args, 0.9, 15.0, 1, 0)
+  assert 0.4 < per_pixel[0] < 0.6 and per_pixel[1] == 0.0 and per_pixel[2] == 1.0
+  # A higher area price forgives more: the solid green occluder too.
+  assert metrics.forgiven_share(*args, 100.0, 15.0, 5, 2)[1] == 1.0
+  # No occluder pixel far enough from the edge: undefined.
+  assert np.isnan(metrics.forgiven_share(*args, 0.9, 15.0, 5, 4)).all()

@@ -5,9 +5,11 @@ Conventions (as ``focus_jax.losses``): images NHWC ``(B, H, W, C)`` float32 in [
 1 = visible face (not occluded). Every metric returns per-image values ``(B,)``;
 :func:`summarize` gives their mean and standard deviation over images, :func:`summarize_images`
 the same with NaN marking images where a metric is undefined, :func:`landmark_summary` the
-landmark table's medians. :func:`rotation_errors` and :func:`rotation_summary` score predicted
-head rotations against ground-truth ones (synthetic data, NumPy). Pure jax/numpy; the mask,
-landmark and photometric metrics are jittable.
+landmark table's medians. :func:`forgiven_share` measures what EM's UNet objective cannot see:
+the occluder pixels it prefers to call visible. :func:`rotation_errors` and
+:func:`rotation_summary` score predicted head rotations against ground-truth ones (synthetic
+data, NumPy). Pure jax/numpy; the mask, landmark, photometric and forgiven-share metrics are
+jittable.
 
 Two classes are scored inside the rendered region: the original's *visible* class
 (:func:`mask_scores`) and the *occluder* class (:func:`occluder_scores`, occluder = not visible),
@@ -25,6 +27,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+from focus_jax import losses
 
 # iBUG-68 outer eye corners (0-based) used to normalise landmark errors.
 OUTER_EYE_CORNERS = (36, 45)
@@ -231,6 +236,59 @@ def photometric_error(image: jax.Array, render: jax.Array, mask: jax.Array) -> j
   abs_err = jnp.sum(jnp.abs(mask[..., None] * (image - render)), axis=(1, 2, 3))
   area = jnp.maximum(jnp.sum(mask, axis=(1, 2)), 1.0)
   return 255.0 * abs_err / (channels * area)
+
+
+def forgiven_share(
+  image: jax.Array,
+  render: jax.Array,
+  render_mask: jax.Array,
+  gt_mask: jax.Array,
+  area_weight: float,
+  neighbour_weight: float,
+  window: int,
+  margin: int = 2,
+) -> jax.Array:
+  """Per image, the share of occluder pixels that EM's UNet objective prefers to call visible.
+
+  Take an occluder pixel ``p`` inside the render, at least ``margin`` pixels from the occluder's
+  edge (in the interior of the neighbour window's reach), with every face pixel marked visible.
+  Marking ``p`` occluded instead changes the UNet objective (SPEC §6, without the ArcFace terms)
+  by ``area_weight / sum(render_mask)`` (area term) minus ``neighbour_weight * n(p) / ((H - 2m)
+  (W - 2m))`` (neighbour term, ``n(p)`` of :func:`losses.neighbour_distance` with ``M`` the
+  rendered mask, ``m = window // 2``); the binary term is 0 either way. The pixel is *forgiven*
+  when calling it visible is cheaper: ``n(p) < area_weight (H - 2m) (W - 2m) / (neighbour_weight
+  sum(render_mask))``. A residual criterion cannot see forgiven pixels however long it trains.
+
+  Args:
+    image: ``(B, H, W, 3)`` float32 images.
+    render: ``(B, H, W, 3)`` float32 renders.
+    render_mask: ``(B, H, W)`` float32 rendered region.
+    gt_mask: ``(B, H, W)`` float32 ground-truth visibility (0 = occluded).
+    area_weight: the UNet objective's area weight (``config.loss.em_unet.area``).
+    neighbour_weight: its neighbour weight (``config.loss.em_unet.neighbour``).
+    window: the neighbour window (``config.loss.neighbour_window``).
+    margin: pixels kept away from the occluder's edge (outside the image counts as occluder).
+
+  Returns:
+    ``(B,)`` float32 shares; NaN for an image without such an occluder pixel.
+  """
+  _check_masks(gt_mask, render_mask, render_mask)
+  _, height, width = gt_mask.shape
+  m = window // 2
+  face = render_mask > 0.5
+  occluder = (gt_mask < 0.5).astype(jnp.float32)
+  side = 2 * margin + 1
+  # A minimum over the square around each pixel, padded with 1: outside counts as occluder.
+  core = lax.reduce_window(
+    occluder, 1.0, lax.min, (1, side, side), (1, 1, 1), ((0, 0), (margin, margin), (margin, margin))
+  )
+  region = (face & (core > 0.5))[:, m : height - m, m : width - m]
+  residual = losses.neighbour_distance(image, render, render_mask, window)
+  interior = (height - 2 * m) * (width - 2 * m)
+  price = area_weight * interior / (neighbour_weight * jnp.maximum(jnp.sum(face, axis=(1, 2)), 1))
+  forgiven = jnp.sum(region & (residual < price[:, None, None]), axis=(1, 2))
+  count = jnp.sum(region, axis=(1, 2))
+  return jnp.where(count > 0, forgiven / jnp.maximum(count, 1), jnp.nan).astype(jnp.float32)
 
 
 def summarize(per_image: dict[str, jax.Array]) -> dict[str, float]:
