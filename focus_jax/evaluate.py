@@ -108,6 +108,9 @@ EM_METHODS = ("em", "adapt")
 VISIBLE_KEYS = ("visible_accuracy", "visible_precision", "visible_recall", "visible_f1")
 OCCLUDER_KEYS = ("occluder_iou", "occluder_precision", "occluder_recall", "occluder_f1")
 MASK_KEYS = (*OCCLUDER_KEYS, *VISIBLE_KEYS, "false_alarm")
+# Per-image scores defined on occluded images only: the occluder class, and the forgiven share
+# (of the methods whose render the EM objective judges).
+OCCLUDED_KEYS = (*OCCLUDER_KEYS, "forgiven")
 # Columns of per_image.csv after "image" and "method".
 COLUMNS = (
   "unoccluded",
@@ -458,7 +461,7 @@ def evaluate(
       continue
     for k in VISIBLE_KEYS:
       scores[k] = np.where(has_mask, scores[k], nan)
-    for k in (*OCCLUDER_KEYS, "forgiven"):
+    for k in OCCLUDED_KEYS:
       if k in scores:
         scores[k] = np.where(has_mask & ~unoccluded, scores[k], nan)
     scores["false_alarm"] = np.where(unoccluded, scores["false_alarm"], nan)
@@ -546,9 +549,7 @@ def _by_occluder(per_method: dict, methods: list[str], groups) -> dict:
   for method in MASK_METHODS:
     if method == "all_visible" or method not in methods:
       continue
-    scores = {
-      k: per_method[method][k] for k in (*OCCLUDER_KEYS, "forgiven") if k in per_method[method]
-    }
+    scores = {k: per_method[method][k] for k in OCCLUDED_KEYS if k in per_method[method]}
     for family, summary in metrics.summarize_groups(scores, groups).items():
       out.setdefault(family, {})[method] = summary
   return out

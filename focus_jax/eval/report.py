@@ -238,9 +238,7 @@ def write_report(
     f"<h1>{html.escape(title)}</h1>",
     *(f"<p>{html.escape(line)}</p>" for line in notes),
     _table(*table),
-    *(
-      f"<h2>{html.escape(title)}</h2>{_table(header, rows)}" for title, header, rows in more_tables
-    ),
+    *(f"<h2>{html.escape(name)}</h2>{_table(header, rows)}" for name, header, rows in more_tables),
     f"<p class='panels'>Panels: {html.escape(' | '.join(PANELS))}. Landmarks: ground truth "
     "green, prediction red. Error map: mean absolute RGB error, JET from 0 to "
     f"{round(255 * ERROR_RANGE)} grey levels.</p>",
